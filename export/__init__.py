@@ -1,0 +1,1 @@
+"""How certified models leave: ONNX and TorchScript artifacts with the certificate embedded."""

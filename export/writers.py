@@ -1,0 +1,104 @@
+"""Write a folded, certified model as ONNX and TorchScript files carrying its certificate.
+
+ONNX: one file (no external data), opset 20, input ``input`` and output ``logits`` with a dynamic
+batch dimension, the certificate as canonical JSON in ``metadata_props['zoo.certificate']``.
+TorchScript: ``torch.jit.trace`` of the folded model with the certificate in ``_extra_files``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from zoo.certificate import Certificate
+from zoo.checkpoint import atomic_write_bytes
+from zoo.fold import is_folded
+
+__all__ = [
+    "CERTIFICATE_KEY",
+    "read_onnx_certificate",
+    "read_torchscript_certificate",
+    "write_onnx",
+    "write_torchscript",
+]
+
+CERTIFICATE_KEY = "zoo.certificate"
+OPSET = 20
+
+
+def _example_batch(certificate: Certificate) -> torch.Tensor:
+    # A batch of 2: the exporter specialises a dimension of size 1.
+    return torch.zeros(2, *certificate.input_shape)
+
+
+def _require_folded(model: nn.Module) -> None:
+    if not is_folded(model):
+        raise ValueError("fold the model (zoo.fold) before exporting it")
+
+
+def write_onnx(model: nn.Module, certificate: Certificate, path: str | os.PathLike) -> Path:
+    """Export ``model`` to a single ONNX file at ``path`` with ``certificate`` embedded."""
+    _require_folded(model)
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        model,
+        (_example_batch(certificate),),
+        dynamo=True,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        opset_version=OPSET,
+        verbose=False,
+    )
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CERTIFICATE_KEY, certificate.to_json()
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+def read_onnx_certificate(path: str | os.PathLike) -> Certificate | None:
+    """The certificate embedded in an ONNX file, or None when it has none."""
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == CERTIFICATE_KEY:
+            return Certificate.from_json(entry.value)
+    return None
+
+
+def write_torchscript(model: nn.Module, certificate: Certificate, path: str | os.PathLike) -> Path:
+    """Trace ``model`` to TorchScript at ``path`` with ``certificate`` in ``_extra_files``.
+
+    TorchScript is deprecated in torch >= 2.14 (its calls emit FutureWarning); it is written because
+    serving stacks (Triton's pytorch backend) still load it. The warning is caught here only.
+    """
+    _require_folded(model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        traced = torch.jit.trace(model.eval(), _example_batch(certificate))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={CERTIFICATE_KEY: certificate.to_json()})
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def read_torchscript_certificate(
+    path: str | os.PathLike,
+) -> tuple[torch.jit.ScriptModule, Certificate | None]:
+    """Load a TorchScript file and its embedded certificate (None when it has none)."""
+    extra = {CERTIFICATE_KEY: ""}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+    text = extra[CERTIFICATE_KEY]
+    return module, (Certificate.from_json(text) if text else None)

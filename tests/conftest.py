@@ -1,0 +1,31 @@
+"""Shared fixtures: a short digits run trained once per test session."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from training.data import load_digits
+from training.trainer import TrainResult, train
+from zoo.registry import get_entry
+
+DIGITS_MODEL = "lipconv_s.digits_hkr"
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory, digits) -> TrainResult:
+    """Two epochs of the digits recipe: a real folded, certified checkpoint in a few seconds."""
+    out = tmp_path_factory.mktemp("short_run")
+    return train(
+        get_entry(DIGITS_MODEL),
+        out,
+        epochs=2,
+        data=digits,
+        console=Console(quiet=True),
+        show_progress=False,
+    )

@@ -1,0 +1,132 @@
+"""The first layers: each is as Lipschitz as designed, checked on its dense matrix (autograd
+Jacobian, independent of the bound engine) before and after optimiser steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import jacrev
+
+from zoo.fold import fold, is_folded
+from zoo.layers import GroupSort2, MaxMin, ScaledAvgPool2d, SpectralConv2d, SpectralLinear
+from zoo.layers.parametrizations import bjorck_orthonormalize
+
+TOL = 1e-4
+
+
+def dense_matrix(layer: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Jacobian of ``layer`` at a random point, as a (out_numel, in_numel) float64 matrix."""
+    layer = layer.double()
+    x = torch.randn(*input_shape, dtype=torch.float64)
+    jac = jacrev(lambda v: layer(v.unsqueeze(0)).squeeze(0))(x)
+    out_numel = jac.numel() // x.numel()
+    return jac.reshape(out_numel, x.numel())
+
+
+def largest_singular_value(matrix: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(matrix, ord=2))
+
+
+def _train_a_few_steps(layer: nn.Module, input_shape: tuple[int, ...], steps: int = 5) -> None:
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = -layer(torch.randn(4, *input_shape)).square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("lip", [1.0, 0.5, 2.0])
+def test_spectral_linear_is_orthonormal_scaled_by_lip(lip):
+    torch.manual_seed(0)
+    layer = SpectralLinear(12, 7, lip=lip)
+    for _ in range(2):
+        singular = torch.linalg.svdvals(layer.weight.detach().double())
+        assert float(singular.max()) <= lip * (1 + TOL)
+        assert torch.allclose(singular, torch.full_like(singular, lip), atol=1e-3 * lip)
+        _train_a_few_steps(layer, (12,))
+
+
+@pytest.mark.parametrize(
+    ("in_ch", "out_ch", "kernel", "stride", "padding"),
+    [(1, 8, 3, 1, 1), (4, 4, 3, 1, 1), (3, 6, 2, 2, 0), (4, 8, 5, 1, 2), (6, 4, 3, 2, 1)],
+)
+def test_spectral_conv_operator_norm_at_most_lip(in_ch, out_ch, kernel, stride, padding):
+    torch.manual_seed(1)
+    layer = SpectralConv2d(in_ch, out_ch, kernel, stride=stride, padding=padding)
+    shape = (in_ch, 6, 6)
+    for _ in range(2):
+        layer.eval()
+        norm = largest_singular_value(dense_matrix(fold_copy(layer), shape))
+        assert norm <= 1 + TOL
+        layer.train()
+        _train_a_few_steps(layer, shape)
+
+
+def fold_copy(layer: nn.Conv2d) -> nn.Conv2d:
+    """A plain nn.Conv2d holding the weight the parametrized ``layer`` currently computes."""
+    plain = nn.Conv2d(
+        layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding
+    )
+    with torch.no_grad():
+        plain.weight.copy_(layer.weight)
+        plain.bias.copy_(layer.bias)
+    return plain
+
+
+def test_bjorck_converges_to_orthonormal():
+    torch.manual_seed(2)
+    matrix = torch.randn(20, 9, dtype=torch.float64)
+    matrix = matrix / torch.linalg.matrix_norm(matrix, ord=2)
+    result = bjorck_orthonormalize(matrix, iters=40)
+    assert torch.allclose(result.T @ result, torch.eye(9, dtype=torch.float64), atol=1e-6)
+
+
+def test_maxmin_and_groupsort2_are_sorting_permutations():
+    x = torch.randn(5, 6, 3, 3)
+    grouped = GroupSort2()(x).unflatten(1, (3, 2))
+    expected = x.unflatten(1, (3, 2)).sort(dim=2).values
+    assert torch.equal(grouped, expected)
+    a, b = x.chunk(2, dim=1)
+    assert torch.equal(MaxMin()(x), torch.cat((torch.maximum(a, b), torch.minimum(a, b)), 1))
+
+
+@pytest.mark.parametrize("activation", [GroupSort2(), MaxMin()])
+def test_activations_are_1_lipschitz_and_norm_preserving(activation):
+    torch.manual_seed(3)
+    x, y = torch.randn(100, 8), torch.randn(100, 8)
+    assert torch.all((activation(x) - activation(y)).norm(dim=1) <= (x - y).norm(dim=1) + 1e-6)
+    assert torch.allclose(activation(x).norm(dim=1), x.norm(dim=1))
+
+
+def test_activations_reject_odd_channels():
+    with pytest.raises(ValueError, match="even number of channels"):
+        GroupSort2()(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize(("kernel", "stride", "expected"), [(2, 2, 1.0), (4, 4, 1.0), (3, 1, None)])
+def test_scaled_avg_pool_norm(kernel, stride, expected):
+    pool = ScaledAvgPool2d(kernel, stride)
+    norm = largest_singular_value(dense_matrix(pool, (2, 8, 8)))
+    if expected is not None:
+        assert norm == pytest.approx(expected, rel=1e-9)
+    else:  # overlapping windows: larger than 1, which only a computed certificate reveals
+        assert norm > 1.0
+
+
+def test_fold_matches_parametrized_model_and_leaves_plain_modules():
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        SpectralConv2d(1, 8, 3, padding=1), GroupSort2(), nn.Flatten(), SpectralLinear(8 * 36, 10)
+    )
+    _train_a_few_steps(model, (1, 6, 6))
+    x = torch.randn(16, 1, 6, 6)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold(model)
+        assert is_folded(folded)
+        assert type(folded[0]) is nn.Conv2d and type(folded[3]) is nn.Linear
+        torch.testing.assert_close(folded(x), expected, atol=1e-6, rtol=0)
+    assert set(folded.state_dict()) == {"0.weight", "0.bias", "3.weight", "3.bias"}

@@ -1,0 +1,280 @@
+"""The trainer: a models.yaml recipe in, a folded certified checkpoint out.
+
+Seeded and deterministic on the CPU; a checkpoint of the full training state is written atomically
+after every epoch, and ``resume=True`` continues from it to the same final weights as an
+uninterrupted run. At the end the model is folded, certified from its folded weights, saved as
+``model.safetensors`` (certificate embedded), and evaluated (clean and certified accuracy).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from training.data import Dataset, load_dataset
+from training.losses import make_loss
+from zoo.certificate import Certificate
+from zoo.certify import certify
+from zoo.checkpoint import atomic_write_bytes, write_checkpoint
+from zoo.device import resolve_device
+from zoo.fold import fold
+from zoo.models import build
+from zoo.registry import ModelEntry
+from zoo.robustness import certified_accuracy
+
+__all__ = ["CERTIFIED_EPS", "TrainResult", "evaluate", "train"]
+
+CERTIFIED_EPS: tuple[float, ...] = (0.1, 0.25, 0.5)
+STATE_FILE = "train_state.pt"
+CHECKPOINT_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+
+
+class TrainingStateError(RuntimeError):
+    """The output directory holds a run that cannot be continued (or must not be overwritten)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    checkpoint: Path
+    certificate: Certificate
+    metrics: dict[str, Any]
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffling of epoch ``epoch``: a function of (seed, epoch) only, so a resumed run
+    visits the examples in the same order as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lipschitz_bound: float,
+    eps: Sequence[float] = CERTIFIED_EPS,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Clean accuracy and certified accuracy at each eps of ``model`` on (x, y)."""
+    device = next(model.parameters()).device
+    model.eval()
+    logits = torch.cat(
+        [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    )
+    clean = float((logits.argmax(1) == y).double().mean())
+    certified = certified_accuracy(logits, y, lipschitz_bound, eps)
+    return {
+        "clean_accuracy": clean,
+        "certified_accuracy": {str(e): acc for e, acc in certified.items()},
+    }
+
+
+def _recipe_key(entry: ModelEntry, epochs: int, seed: int) -> str:
+    recipe = entry.recipe.model_dump() | {"epochs": epochs, "seed": seed}
+    return json.dumps(
+        {"architecture": entry.architecture.model_dump(mode="json"), "recipe": recipe},
+        sort_keys=True,
+    )
+
+
+def _make_optimizer(entry: ModelEntry, model: nn.Module) -> torch.optim.Optimizer:
+    spec = entry.recipe.optimizer
+    if spec.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+    )
+
+
+def _learning_rate(entry: ModelEntry, epoch: int, epochs: int) -> float:
+    base = entry.recipe.optimizer.lr
+    if entry.recipe.lr_schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return base
+
+
+def _save_state(path: Path, **state: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_state(path: Path, key: str) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a corrupted file
+        raise TrainingStateError(f"{path}: unreadable training checkpoint ({error})") from error
+    if state.get("recipe") != key:
+        raise TrainingStateError(
+            f"{path} was written by a different recipe, seed or number of epochs; "
+            "resume with the same options or choose another --out"
+        )
+    return state
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def train(
+    entry: ModelEntry,
+    out_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+    resume: bool = False,
+    data: Dataset | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``entry``'s recipe and write ``model.safetensors`` (folded, certified) to ``out_dir``.
+
+    Args:
+        entry: the models.yaml entry whose architecture and recipe to use.
+        out_dir: directory for ``train_state.pt`` (each epoch), the final checkpoint and metrics.
+        epochs, seed: override the recipe's values.
+        device: 'cpu' or 'cuda' (an error if CUDA is not available).
+        resume: continue from ``out_dir/train_state.pt``.
+        data: the dataset (default: the recipe's, loaded here).
+        console: where to print progress and the summary.
+        show_progress: draw the progress bar.
+    """
+    console = console or Console()
+    torch_device = resolve_device(device)
+    epochs = epochs if epochs is not None else entry.recipe.epochs
+    seed = seed if seed is not None else entry.recipe.seed
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    out_dir = Path(out_dir)
+    state_path = out_dir / STATE_FILE
+    key = _recipe_key(entry, epochs, seed)
+    if state_path.exists() and not resume:
+        raise TrainingStateError(
+            f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    data = data if data is not None else load_dataset(entry.recipe.dataset)
+    arch = entry.architecture
+    if tuple(arch.input_shape) != data.input_shape:
+        raise ValueError(
+            f"{entry.name}: architecture.input_shape {tuple(arch.input_shape)} does not match the "
+            f"{entry.recipe.dataset} data shape {data.input_shape}"
+        )
+
+    with _deterministic():
+        torch.manual_seed(seed)
+        model = build(
+            arch.name,
+            input_shape=arch.input_shape,
+            num_classes=arch.num_classes,
+            parametrized=True,
+            **arch.options,
+        ).to(torch_device)
+        loss_fn = make_loss(entry.recipe.loss.name, entry.recipe.loss.params)
+        optimizer = _make_optimizer(entry, model)
+        start_epoch, history = 0, []
+        if resume and state_path.exists():
+            state = _load_state(state_path, key)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch, history = state["epoch"] + 1, list(state["history"])
+            console.print(f"resuming {entry.name} from {state_path} after epoch {start_epoch}")
+        elif resume:
+            console.print(f"no {STATE_FILE} in {out_dir}: starting {entry.name} from scratch")
+
+        x_train, y_train = data.x_train.to(torch_device), data.y_train.to(torch_device)
+        batch_size = entry.recipe.batch_size
+        batches = math.ceil(len(x_train) / batch_size)
+        started = time.perf_counter()
+        with _progress(console) as progress:
+            task = progress.add_task(
+                entry.name,
+                total=epochs * batches,
+                completed=start_epoch * batches,
+                loss=float("nan"),
+                acc=float("nan"),
+                visible=show_progress,
+            )
+            for epoch in range(start_epoch, epochs):
+                for group in optimizer.param_groups:
+                    group["lr"] = _learning_rate(entry, epoch, epochs)
+                model.train()
+                order = _epoch_order(len(x_train), seed, epoch).to(torch_device)
+                loss_sum, correct = 0.0, 0
+                for start in range(0, len(order), batch_size):
+                    index = order[start : start + batch_size]
+                    logits = model(x_train[index])
+                    loss = loss_fn(logits, y_train[index])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += float(loss) * len(index)
+                    correct += int((logits.argmax(1) == y_train[index]).sum())
+                    seen = start + len(index)
+                    progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "loss": loss_sum / len(order),
+                        "accuracy": correct / len(order),
+                    }
+                )
+                _save_state(
+                    state_path,
+                    epoch=epoch,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    recipe=key,
+                    history=history,
+                )
+
+    folded = fold(model).cpu()
+    certificate = certify(folded, data.input_shape, data.preprocessing)
+    checkpoint = out_dir / CHECKPOINT_FILE
+    write_checkpoint(checkpoint, folded.state_dict(), arch.model_dump(mode="json"), certificate)
+    metrics = {
+        "model": entry.name,
+        "lipschitz_bound": certificate.lipschitz_bound,
+        **evaluate(folded, data.x_test, data.y_test, certificate.lipschitz_bound),
+        "epochs": epochs,
+        "seed": seed,
+        "train_seconds_this_run": round(time.perf_counter() - started, 2),
+        "history": history,
+    }
+    atomic_write_bytes(out_dir / METRICS_FILE, json.dumps(metrics, indent=2).encode())
+    return TrainResult(checkpoint, certificate, metrics)

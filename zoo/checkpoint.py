@@ -1,0 +1,114 @@
+"""Certified checkpoints: plain weights in safetensors with one canonical JSON metadata value.
+
+The single metadata key ``zoo`` holds ``{"architecture": ..., "certificate": ...}`` as canonical JSON,
+so the same weights always give the same file bytes. Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from zoo.certificate import Certificate
+
+__all__ = [
+    "METADATA_KEY",
+    "CertifiedCheckpoint",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "read_checkpoint",
+    "write_checkpoint",
+]
+
+METADATA_KEY = "zoo"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupted, or not a certified zoo checkpoint."""
+
+
+@dataclass(frozen=True)
+class CertifiedCheckpoint:
+    """Contents of a certified checkpoint.
+
+    Attributes:
+        state_dict: plain (folded) weights.
+        architecture: ``{"name", "input_shape", "num_classes", "options"}`` to rebuild the network.
+        certificate: the certificate embedded when the file was written (to be re-checked).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    architecture: dict[str, Any]
+    certificate: Certificate
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    The bytes go to a temporary file in the same directory, are flushed to disk, then renamed over
+    ``path`` (``os.replace`` is atomic on POSIX and Windows).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor],
+    architecture: dict[str, Any],
+    certificate: Certificate,
+) -> None:
+    """Write plain weights with their architecture and certificate, atomically."""
+    metadata = json.dumps(
+        {"architecture": architecture, "certificate": certificate.to_dict()},
+        sort_keys=True,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
+    atomic_write_bytes(path, safetensors_save(tensors, metadata={METADATA_KEY: metadata}))
+
+
+def read_checkpoint(path: str | os.PathLike) -> CertifiedCheckpoint:
+    """Read a certified checkpoint; raises :class:`CheckpointError` saying what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    data = path.read_bytes()
+    try:
+        state_dict = safetensors_load(data)
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_size])
+    except (SafetensorError, ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    metadata = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if metadata is None:
+        raise CheckpointError(
+            f"{path}: no '{METADATA_KEY}' metadata: not a certified zoo checkpoint"
+        )
+    try:
+        document = json.loads(metadata)
+        architecture = dict(document["architecture"])
+        certificate = Certificate.from_dict(document["certificate"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path}: malformed '{METADATA_KEY}' metadata ({error})") from error
+    return CertifiedCheckpoint(state_dict, architecture, certificate)

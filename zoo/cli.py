@@ -1,0 +1,188 @@
+"""The ``zoo`` command line (see DESIGN.md, "Command line"). Heavy parts (training, export) are
+imported inside their commands, so ``zoo list`` stays fast and ``zoo`` never imports them eagerly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zoo.certificate import Certificate
+from zoo.checkpoint import CheckpointError
+from zoo.device import DeviceUnavailableError
+from zoo.hub import CertificateMismatchError, CertifiedModel, load
+from zoo.registry import RegistryError, get_entry, load_registry
+
+app = typer.Typer(
+    help="Certified 1-Lipschitz networks: train, certify, export and serve them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+# Errors that describe bad input or a refused file: printed as one line, exit code 1.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    RegistryError,
+    CheckpointError,
+    CertificateMismatchError,
+    DeviceUnavailableError,
+    ValueError,
+    FileNotFoundError,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Certified 1-Lipschitz networks: train, certify, export and serve them."""
+
+
+@contextmanager
+def _user_errors(*extra: type[Exception]) -> Iterator[None]:
+    try:
+        yield
+    except (*USER_ERRORS, *extra) as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _format_accuracy(metrics: dict | None, eps: str | None = None) -> str:
+    if not metrics:
+        return "-"
+    value = (
+        metrics.get("clean_accuracy") if eps is None else metrics.get(f"certified_accuracy_{eps}")
+    )
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+@app.command("list")
+def list_models() -> None:
+    """Table of models.yaml: name, dataset, bound, clean / certified accuracy."""
+    with _user_errors():
+        entries = load_registry()
+    table = Table(title="lipschitz zoo")
+    for column in ("name", "dataset", "weights", "bound", "clean %", "cert. % @0.25"):
+        table.add_column(column)
+    for entry in entries.values():
+        bound = (entry.certificate or {}).get("lipschitz_bound")
+        table.add_row(
+            entry.name,
+            entry.recipe.dataset,
+            "shipped" if entry.checkpoint else "recipe only",
+            "-" if bound is None else f"{bound:.4f}",
+            _format_accuracy(entry.metrics),
+            _format_accuracy(entry.metrics, "0.25"),
+        )
+    console.print(table)
+
+
+@app.command()
+def info(name: Annotated[str, typer.Argument(help="model name from models.yaml")]) -> None:
+    """One model: architecture, recipe, certificate summary, metrics, files."""
+    with _user_errors():
+        entry = get_entry(name)
+    console.print_json(json.dumps(entry.model_dump(mode="json")))
+
+
+@app.command()
+def train(
+    name: Annotated[str, typer.Argument(help="model name from models.yaml")],
+    epochs: Annotated[int | None, typer.Option(help="override the recipe's epochs")] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (default runs/NAME)")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    resume: Annotated[bool, typer.Option(help="continue from OUT/train_state.pt")] = False,
+    seed: Annotated[int | None, typer.Option(help="override the recipe's seed")] = None,
+    progress: Annotated[bool, typer.Option(help="draw the progress bar")] = True,
+) -> None:
+    """Train the recipe of NAME; writes the folded checkpoint with its certificate."""
+    from training.trainer import TrainingStateError
+    from training.trainer import train as run_training
+
+    with _user_errors(TrainingStateError):
+        entry = get_entry(name)
+        result = run_training(
+            entry,
+            out or Path("runs") / name,
+            epochs=epochs,
+            seed=seed,
+            device=device,
+            resume=resume,
+            console=console,
+            show_progress=progress,
+        )
+    metrics = result.metrics
+    table = Table(title=f"{name}: folded model, test set")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("Lipschitz bound (certified)", f"{result.certificate.lipschitz_bound:.6f}")
+    table.add_row("clean accuracy", f"{100 * metrics['clean_accuracy']:.2f} %")
+    for eps, accuracy in metrics["certified_accuracy"].items():
+        table.add_row(f"certified accuracy, eps {eps}", f"{100 * accuracy:.2f} %")
+    console.print(table)
+    console.print(f"checkpoint: {result.checkpoint}")
+
+
+def _load_or_exit(source: str) -> CertifiedModel:
+    with _user_errors():
+        return load(source)
+
+
+def _print_certificate(certificate: Certificate, title: str) -> None:
+    table = Table(title=title)
+    for column in ("layer", "op", "input shape", "bound"):
+        table.add_column(column)
+    for layer in certificate.layers:
+        shape = "x".join(map(str, layer.input_shape))
+        table.add_row(layer.name, layer.op, shape, f"{layer.bound:.6f}")
+    console.print(table)
+    console.print(
+        f"global Lipschitz bound: [bold]{certificate.lipschitz_bound:.6f}[/] "
+        f"(relative safety margin {certificate.relative_margin:g} per layer)"
+    )
+
+
+@app.command()
+def certify(
+    source: Annotated[str, typer.Argument(help="model name or checkpoint path")],
+    json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Per-layer bounds and the global bound, recomputed from the weights."""
+    certified = _load_or_exit(source)
+    certificate = certified.certificate
+    if json_output:
+        print(certificate.to_json())
+    else:
+        _print_certificate(certificate, f"certificate of {source}")
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="model name or checkpoint path")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="write model.onnx")] = False,
+    torchscript: Annotated[bool, typer.Option("--torchscript", help="write model.ts.pt")] = False,
+) -> None:
+    """Fold, write the artifacts, then check what was written; non-zero exit if a check fails."""
+    from export.pipeline import ExportError, export_model
+
+    if not (onnx or torchscript):
+        errors.print("[bold red]error:[/] choose at least one format: --onnx, --torchscript")
+        raise typer.Exit(2)
+    certified = _load_or_exit(source)
+    with _user_errors(ExportError):
+        checks = export_model(certified, out, onnx=onnx, torchscript=torchscript)
+    table = Table(title=f"export of {source}")
+    for column in ("format", "file", "max |diff| vs PyTorch", "certificate"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(
+            check.format, str(check.path), f"{check.max_abs_diff:.2e}", "embedded, read back"
+        )
+    console.print(table)
+    console.print(f"Lipschitz bound: {certified.certificate.lipschitz_bound:.6f}")

@@ -1,0 +1,114 @@
+"""``zoo.load``: the plain model, its certificate re-computed and checked, from a file or a name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.certificate import Certificate
+from zoo.certify import certify
+from zoo.checkpoint import CheckpointError, read_checkpoint
+from zoo.models import build
+from zoo.registry import get_entry, registry_path
+
+__all__ = ["CertificateMismatchError", "CertifiedModel", "check_certificate", "load"]
+
+# Bounds recomputed by the same engine agree to the last bits; this only absorbs summation order.
+BOUND_TOLERANCE = 1e-9
+
+
+class CertificateMismatchError(ValueError):
+    """The weights do not satisfy the certificate that came with them: the file is refused."""
+
+
+@dataclass(frozen=True)
+class CertifiedModel:
+    """A plain network in eval mode with the certificate re-computed from its weights."""
+
+    model: nn.Module
+    certificate: Certificate
+    architecture: dict[str, Any]
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The input space the certificate is stated in (what a caller must feed the model)."""
+        return dict(self.certificate.preprocessing)
+
+
+def check_certificate(model: nn.Module, embedded: Certificate, source: str) -> Certificate:
+    """Recompute the certificate of ``model`` and compare it with ``embedded``.
+
+    Returns the recomputed certificate; raises :class:`CertificateMismatchError` when the weights
+    are not the ones the embedded certificate speaks for, or when its bound is lower than the bound
+    the weights actually have.
+    """
+    computed = certify(model, embedded.input_shape, dict(embedded.preprocessing))
+    if computed.weights_sha256 != embedded.weights_sha256:
+        raise CertificateMismatchError(
+            f"{source}: the weights do not match their certificate (sha256 {computed.weights_sha256[:12]}"
+            f" != {embedded.weights_sha256[:12]}): the file was modified after it was certified"
+        )
+    if computed.lipschitz_bound > embedded.lipschitz_bound * (1 + BOUND_TOLERANCE):
+        raise CertificateMismatchError(
+            f"{source}: the certificate claims a Lipschitz bound of {embedded.lipschitz_bound:.6g} "
+            f"but the weights have a bound of {computed.lipschitz_bound:.6g}"
+        )
+    return computed
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _resolve(source: str | os.PathLike) -> Path:
+    """A path to an existing checkpoint, or the shipped checkpoint of a registry entry (hash checked)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.suffix == ".safetensors" or os.sep in str(source):
+        raise CheckpointError(f"{source}: no such checkpoint file")
+    entry = get_entry(str(source))
+    if entry.checkpoint is None:
+        raise CheckpointError(
+            f"{entry.name} has no shipped weights: train it with `zoo train {entry.name}`"
+        )
+    path = registry_path().parent / entry.checkpoint
+    if not path.is_file():
+        raise CheckpointError(f"{entry.name}: checkpoint file {path} is missing")
+    if entry.sha256 is not None and _file_sha256(path) != entry.sha256:
+        raise CheckpointError(
+            f"{entry.name}: {path} does not have the sha256 recorded in models.yaml: corrupted or modified"
+        )
+    return path
+
+
+def load(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> CertifiedModel:
+    """Load a certified model from a checkpoint path or a models.yaml name.
+
+    The weights are loaded into the plain architecture (no unpickling), then the certificate is
+    recomputed from them and compared with the embedded one; any mismatch refuses the file.
+    """
+    path = _resolve(source)
+    checkpoint = read_checkpoint(path)
+    arch = checkpoint.architecture
+    try:
+        model = build(
+            arch["name"],
+            input_shape=tuple(arch["input_shape"]),
+            num_classes=arch["num_classes"],
+            parametrized=False,
+            **arch.get("options", {}),
+        )
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path}: weights do not fit the recorded architecture ({error})"
+        ) from error
+    certificate = check_certificate(model, checkpoint.certificate, str(path))
+    return CertifiedModel(model.to(device).eval(), certificate, arch)
