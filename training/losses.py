@@ -112,9 +112,7 @@ def make_loss(name: str, params: dict[str, Any]) -> nn.Module:
     accepted = set(inspect.signature(cls).parameters)
     for key in params:
         if key not in accepted:
-            raise ValueError(
-                f"loss {name!r} has no parameter {key!r} (parameters: {sorted(accepted)})"
-            )
+            raise ValueError(f"loss {name!r} has no parameter {key!r} (parameters: {sorted(accepted)})")
     loss = cls(**params)
     return _Negated(loss) if name == "kr" else loss
 

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from training.augment import augment
 from training.data import Dataset, load_dataset
+from training.distributed import DistributedContext
 from training.losses import make_loss
 from zoo.certificate import Certificate
 from zoo.certify import certify
@@ -84,9 +87,7 @@ def evaluate(
     """Clean accuracy and certified accuracy at each eps of ``model`` on (x, y)."""
     device = next(model.parameters()).device
     model.eval()
-    logits = torch.cat(
-        [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-    )
+    logits = torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
     clean = float((logits.argmax(1) == y).double().mean())
     certified = certified_accuracy(logits, y, lipschitz_bound, eps)
     return {
@@ -150,6 +151,28 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def _build_model(entry: ModelEntry, device: torch.device) -> nn.Module:
+    arch = entry.architecture
+    model = build(
+        arch.name,
+        input_shape=arch.input_shape,
+        num_classes=arch.num_classes,
+        parametrized=True,
+        **arch.options,
+    )
+    return model.to(device)
+
+
+def _autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA when asked; the certificate is computed afterwards in float64 on the
+    folded float32 weights, so reduced precision can cost accuracy but never soundness."""
+    if precision == "fp32":
+        return nullcontext()
+    if device.type != "cuda":
+        raise ValueError("--precision bf16 is for CUDA training; on the CPU use fp32")
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
 def train(
     entry: ModelEntry,
     out_dir: str | Path,
@@ -159,23 +182,34 @@ def train(
     device: str = "cpu",
     resume: bool = False,
     data: Dataset | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    precision: str = "fp32",
     console: Console | None = None,
     show_progress: bool = True,
-) -> TrainResult:
+) -> TrainResult | None:
     """Train ``entry``'s recipe and write ``model.safetensors`` (folded, certified) to ``out_dir``.
+
+    Under ``torchrun`` every process calls this; rank 0 alone writes files and returns the result,
+    the other ranks return None.
 
     Args:
         entry: the models.yaml entry whose architecture and recipe to use.
         out_dir: directory for ``train_state.pt`` (each epoch), the final checkpoint and metrics.
         epochs, seed: override the recipe's values.
         device: 'cpu' or 'cuda' (an error if CUDA is not available).
-        resume: continue from ``out_dir/train_state.pt``.
-        data: the dataset (default: the recipe's, loaded here).
+        resume: continue from ``out_dir/train_state.pt`` (written by any number of processes).
+        data: the dataset (default: the recipe's, loaded from ``data_dir``).
+        data_dir, download: where MNIST / Fashion-MNIST / CIFAR-10 live; fetch them only if asked.
+        precision: 'fp32', or 'bf16' autocast on CUDA.
         console: where to print progress and the summary.
         show_progress: draw the progress bar.
     """
     console = console or Console()
     torch_device = resolve_device(device)
+    context = DistributedContext.from_environment(torch_device)
+    if context.enabled and torch_device.type == "cuda":
+        torch_device = torch.device("cuda", torch.cuda.current_device())
     epochs = epochs if epochs is not None else entry.recipe.epochs
     seed = seed if seed is not None else entry.recipe.seed
     if epochs < 1:
@@ -188,23 +222,17 @@ def train(
             f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
             "or choose another --out"
         )
-    data = data if data is not None else load_dataset(entry.recipe.dataset)
-    arch = entry.architecture
-    if tuple(arch.input_shape) != data.input_shape:
+    data = data if data is not None else load_dataset(entry.recipe.dataset, data_dir, download)
+    if tuple(entry.architecture.input_shape) != data.input_shape:
         raise ValueError(
-            f"{entry.name}: architecture.input_shape {tuple(arch.input_shape)} does not match the "
-            f"{entry.recipe.dataset} data shape {data.input_shape}"
+            f"{entry.name}: architecture.input_shape {tuple(entry.architecture.input_shape)} does not "
+            f"match the {entry.recipe.dataset} data shape {data.input_shape}"
         )
+    console = console if context.is_main else Console(quiet=True)
 
     with _deterministic():
         torch.manual_seed(seed)
-        model = build(
-            arch.name,
-            input_shape=arch.input_shape,
-            num_classes=arch.num_classes,
-            parametrized=True,
-            **arch.options,
-        ).to(torch_device)
+        model = _build_model(entry, torch_device)
         loss_fn = make_loss(entry.recipe.loss.name, entry.recipe.loss.params)
         optimizer = _make_optimizer(entry, model)
         start_epoch, history = 0, []
@@ -216,6 +244,7 @@ def train(
             console.print(f"resuming {entry.name} from {state_path} after epoch {start_epoch}")
         elif resume:
             console.print(f"no {STATE_FILE} in {out_dir}: starting {entry.name} from scratch")
+        trained = DistributedDataParallel(model) if context.enabled else model
 
         x_train, y_train = data.x_train.to(torch_device), data.y_train.to(torch_device)
         batch_size = entry.recipe.batch_size
@@ -228,52 +257,75 @@ def train(
                 completed=start_epoch * batches,
                 loss=float("nan"),
                 acc=float("nan"),
-                visible=show_progress,
+                visible=show_progress and context.is_main,
             )
             for epoch in range(start_epoch, epochs):
                 for group in optimizer.param_groups:
                     group["lr"] = _learning_rate(entry, epoch, epochs)
-                model.train()
+                trained.train()
                 order = _epoch_order(len(x_train), seed, epoch).to(torch_device)
-                loss_sum, correct = 0.0, 0
+                augmentation = torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
+                loss_sum, correct, seen = 0.0, 0, 0
                 for start in range(0, len(order), batch_size):
-                    index = order[start : start + batch_size]
-                    logits = model(x_train[index])
-                    loss = loss_fn(logits, y_train[index])
+                    global_batch = order[start : start + batch_size]
+                    index = context.shard(global_batch)
+                    x = augment(x_train[global_batch], entry.recipe.augmentation, augmentation)
+                    x = x[context.rank :: context.world_size]
+                    with _autocast(torch_device, precision):
+                        logits = trained(x).float()
+                    if len(index):
+                        loss = loss_fn(logits, y_train[index])
+                        weighted = loss * context.loss_weight(len(index), len(global_batch))
+                    else:  # an empty shard still joins the gradient all-reduce
+                        loss = weighted = logits.sum() * 0.0
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    weighted.backward()
                     optimizer.step()
-                    loss_sum += float(loss) * len(index)
+                    loss_sum += loss.item() * len(index)
                     correct += int((logits.argmax(1) == y_train[index]).sum())
-                    seen = start + len(index)
-                    progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+                    seen += len(index)
+                    progress.update(task, advance=1, loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
                 history.append(
-                    {
-                        "epoch": epoch,
-                        "loss": loss_sum / len(order),
-                        "accuracy": correct / len(order),
-                    }
+                    {"epoch": epoch, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
                 )
-                _save_state(
-                    state_path,
-                    epoch=epoch,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    recipe=key,
-                    history=history,
-                )
+                if context.is_main:
+                    _save_state(
+                        state_path,
+                        epoch=epoch,
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        recipe=key,
+                        history=history,
+                    )
+                context.barrier()
+    context.close()
+    if not context.is_main:
+        return None
+    return _finish(entry, model, data, out_dir, epochs, seed, history, time.perf_counter() - started)
 
+
+def _finish(
+    entry: ModelEntry,
+    model: nn.Module,
+    data: Dataset,
+    out_dir: Path,
+    epochs: int,
+    seed: int,
+    history: list[dict[str, Any]],
+    seconds: float,
+) -> TrainResult:
+    """Fold, certify from the folded weights, write the checkpoint and the metrics."""
     folded = fold(model).cpu()
     certificate = certify(folded, data.input_shape, data.preprocessing)
     checkpoint = out_dir / CHECKPOINT_FILE
-    write_checkpoint(checkpoint, folded.state_dict(), arch.model_dump(mode="json"), certificate)
+    write_checkpoint(checkpoint, folded.state_dict(), entry.architecture.model_dump(mode="json"), certificate)
     metrics = {
         "model": entry.name,
         "lipschitz_bound": certificate.lipschitz_bound,
         **evaluate(folded, data.x_test, data.y_test, certificate.lipschitz_bound),
         "epochs": epochs,
         "seed": seed,
-        "train_seconds_this_run": round(time.perf_counter() - started, 2),
+        "train_seconds_this_run": round(seconds, 2),
         "history": history,
     }
     atomic_write_bytes(out_dir / METRICS_FILE, json.dumps(metrics, indent=2).encode())

@@ -55,9 +55,7 @@ def _user_errors(*extra: type[Exception]) -> Iterator[None]:
 def _format_accuracy(metrics: dict | None, eps: str | None = None) -> str:
     if not metrics:
         return "-"
-    value = (
-        metrics.get("clean_accuracy") if eps is None else metrics.get(f"certified_accuracy_{eps}")
-    )
+    value = metrics.get("clean_accuracy") if eps is None else metrics.get(f"certified_accuracy_{eps}")
     return "-" if value is None else f"{100 * value:.1f}"
 
 
@@ -67,7 +65,8 @@ def list_models() -> None:
     with _user_errors():
         entries = load_registry()
     table = Table(title="lipschitz zoo")
-    for column in ("name", "dataset", "weights", "bound", "clean %", "cert. % @0.25"):
+    table.add_column("name", no_wrap=True)
+    for column in ("dataset", "weights", "bound", "clean %", "cert. % @0.25"):
         table.add_column(column)
     for entry in entries.values():
         bound = (entry.certificate or {}).get("lipschitz_bound")
@@ -90,6 +89,22 @@ def info(name: Annotated[str, typer.Argument(help="model name from models.yaml")
     console.print_json(json.dumps(entry.model_dump(mode="json")))
 
 
+def _launch_torchrun(nproc: int, name: str, options: dict[str, object]) -> int:
+    """Run this same ``zoo train`` under torchrun with ``nproc`` processes; returns its exit code."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command += ["-m", "zoo", "train", name]
+    for option, value in options.items():
+        flag = "--" + option.replace("_", "-")
+        if isinstance(value, bool):
+            command.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            command += [flag, str(value)]
+    return subprocess.call(command)
+
+
 @app.command()
 def train(
     name: Annotated[str, typer.Argument(help="model name from models.yaml")],
@@ -98,12 +113,32 @@ def train(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     resume: Annotated[bool, typer.Option(help="continue from OUT/train_state.pt")] = False,
     seed: Annotated[int | None, typer.Option(help="override the recipe's seed")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where MNIST / Fashion-MNIST / CIFAR-10 are")] = None,
+    download: Annotated[bool, typer.Option(help="download the dataset into --data-dir if missing")] = False,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (CUDA only)")] = "fp32",
+    nproc: Annotated[int, typer.Option(help="processes to launch with torchrun (data parallel)")] = 1,
     progress: Annotated[bool, typer.Option(help="draw the progress bar")] = True,
 ) -> None:
     """Train the recipe of NAME; writes the folded checkpoint with its certificate."""
     from training.trainer import TrainingStateError
     from training.trainer import train as run_training
 
+    if nproc > 1:
+        options = dict(
+            epochs=epochs,
+            out=out or Path("runs") / name,
+            device=device,
+            resume=resume,
+            seed=seed,
+            data_dir=data_dir,
+            download=download,
+            precision=precision,
+            progress=progress,
+        )
+        raise typer.Exit(_launch_torchrun(nproc, name, options))
+    if precision not in ("fp32", "bf16"):
+        errors.print(f"[bold red]error:[/] unknown --precision {precision!r}; use fp32 or bf16")
+        raise typer.Exit(2)
     with _user_errors(TrainingStateError):
         entry = get_entry(name)
         result = run_training(
@@ -113,9 +148,14 @@ def train(
             seed=seed,
             device=device,
             resume=resume,
+            data_dir=data_dir,
+            download=download,
+            precision=precision,
             console=console,
             show_progress=progress,
         )
+    if result is None:  # a non-zero rank of a torchrun job: rank 0 reports
+        return
     metrics = result.metrics
     table = Table(title=f"{name}: folded model, test set")
     table.add_column("metric")
@@ -181,8 +221,6 @@ def export(
     for column in ("format", "file", "max |diff| vs PyTorch", "certificate"):
         table.add_column(column)
     for check in checks:
-        table.add_row(
-            check.format, str(check.path), f"{check.max_abs_diff:.2e}", "embedded, read back"
-        )
+        table.add_row(check.format, str(check.path), f"{check.max_abs_diff:.2e}", "embedded, read back")
     console.print(table)
     console.print(f"Lipschitz bound: {certified.certificate.lipschitz_bound:.6f}")

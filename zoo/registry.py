@@ -83,6 +83,7 @@ class Recipe(_Strict):
     batch_size: PositiveInt
     seed: int = 0
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    augmentation: Literal["none", "crop", "crop_flip"] = "none"
 
 
 class ModelEntry(_Strict):

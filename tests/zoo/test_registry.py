@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -61,7 +63,7 @@ def _with(path: list[str], value) -> dict:
 )
 def test_a_wrong_field_names_entry_and_field(tmp_path, path, value, field):
     path_ = write(tmp_path, {"lipconv.broken": _with(path, value)})
-    with pytest.raises(RegistryError, match=rf"entry 'lipconv.broken': field '{field}'"):
+    with pytest.raises(RegistryError, match=rf"entry 'lipconv\.broken': field '{re.escape(field)}"):
         load_registry(path_)
 
 
