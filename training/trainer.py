@@ -37,7 +37,21 @@ from zoo.models import build
 from zoo.registry import ModelEntry
 from zoo.robustness import certified_accuracy
 
-__all__ = ["CERTIFIED_EPS", "TrainResult", "evaluate", "train"]
+__all__ = [
+    "CERTIFIED_EPS",
+    "TrainResult",
+    "TrainingStateError",
+    "build_model",
+    "deterministic",
+    "evaluate",
+    "finish_run",
+    "load_state",
+    "make_optimizer",
+    "progress_bar",
+    "recipe_key",
+    "save_state",
+    "train",
+]
 
 CERTIFIED_EPS: tuple[float, ...] = (0.1, 0.25, 0.5)
 STATE_FILE = "train_state.pt"
@@ -59,13 +73,13 @@ class TrainResult:
 
 
 @contextmanager
-def _deterministic() -> Iterator[None]:
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+def deterministic() -> Iterator[None]:
+    previous = torch.aredeterministic_algorithms_enabled()
+    torch.usedeterministic_algorithms(True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.usedeterministic_algorithms(previous)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -96,7 +110,7 @@ def evaluate(
     }
 
 
-def _recipe_key(entry: ModelEntry, epochs: int, seed: int) -> str:
+def recipe_key(entry: ModelEntry, epochs: int, seed: int) -> str:
     recipe = entry.recipe.model_dump() | {"epochs": epochs, "seed": seed}
     return json.dumps(
         {"architecture": entry.architecture.model_dump(mode="json"), "recipe": recipe},
@@ -104,7 +118,7 @@ def _recipe_key(entry: ModelEntry, epochs: int, seed: int) -> str:
     )
 
 
-def _make_optimizer(entry: ModelEntry, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(entry: ModelEntry, model: nn.Module) -> torch.optim.Optimizer:
     spec = entry.recipe.optimizer
     if spec.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
@@ -120,13 +134,13 @@ def _learning_rate(entry: ModelEntry, epoch: int, epochs: int) -> float:
     return base
 
 
-def _save_state(path: Path, **state: Any) -> None:
+def save_state(path: Path, **state: Any) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_state(path: Path, key: str) -> dict[str, Any]:
+def load_state(path: Path, key: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a corrupted file
@@ -139,7 +153,7 @@ def _load_state(path: Path, key: str) -> dict[str, Any]:
     return state
 
 
-def _progress(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -151,7 +165,7 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _build_model(entry: ModelEntry, device: torch.device) -> nn.Module:
+def build_model(entry: ModelEntry, device: torch.device) -> nn.Module:
     arch = entry.architecture
     model = build(
         arch.name,
@@ -206,6 +220,16 @@ def train(
         show_progress: draw the progress bar.
     """
     console = console or Console()
+    if entry.recipe.continual is not None or entry.recipe.transfer is not None:
+        options = dict(epochs=epochs, seed=seed, device=device, resume=resume, data=data, data_dir=data_dir)
+        options |= dict(console=console, show_progress=show_progress)
+        if entry.recipe.continual is not None:
+            from training.continual import train_continual
+
+            return train_continual(entry, out_dir, **options)
+        from training.transfer import train_transfer
+
+        return train_transfer(entry, out_dir, **options)
     torch_device = resolve_device(device)
     context = DistributedContext.from_environment(torch_device)
     if context.enabled and torch_device.type == "cuda":
@@ -216,7 +240,7 @@ def train(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     out_dir = Path(out_dir)
     state_path = out_dir / STATE_FILE
-    key = _recipe_key(entry, epochs, seed)
+    key = recipe_key(entry, epochs, seed)
     if state_path.exists() and not resume:
         raise TrainingStateError(
             f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
@@ -230,14 +254,14 @@ def train(
         )
     console = console if context.is_main else Console(quiet=True)
 
-    with _deterministic():
+    with deterministic():
         torch.manual_seed(seed)
-        model = _build_model(entry, torch_device)
+        model = build_model(entry, torch_device)
         loss_fn = make_loss(entry.recipe.loss.name, entry.recipe.loss.params)
-        optimizer = _make_optimizer(entry, model)
+        optimizer = make_optimizer(entry, model)
         start_epoch, history = 0, []
         if resume and state_path.exists():
-            state = _load_state(state_path, key)
+            state = load_state(state_path, key)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, history = state["epoch"] + 1, list(state["history"])
@@ -250,7 +274,7 @@ def train(
         batch_size = entry.recipe.batch_size
         batches = math.ceil(len(x_train) / batch_size)
         started = time.perf_counter()
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task(
                 entry.name,
                 total=epochs * batches,
@@ -289,7 +313,7 @@ def train(
                     {"epoch": epoch, "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
                 )
                 if context.is_main:
-                    _save_state(
+                    save_state(
                         state_path,
                         epoch=epoch,
                         model=model.state_dict(),
@@ -301,10 +325,10 @@ def train(
     context.close()
     if not context.is_main:
         return None
-    return _finish(entry, model, data, out_dir, epochs, seed, history, time.perf_counter() - started)
+    return finish_run(entry, model, data, out_dir, epochs, seed, history, time.perf_counter() - started)
 
 
-def _finish(
+def finish_run(
     entry: ModelEntry,
     model: nn.Module,
     data: Dataset,

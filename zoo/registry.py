@@ -84,6 +84,10 @@ class Recipe(_Strict):
     seed: int = 0
     lr_schedule: Literal["constant", "cosine"] = "constant"
     augmentation: Literal["none", "crop", "crop_flip"] = "none"
+    # Transfer (fine-tune a source model) and continual-learning recipes: their fields are checked
+    # by training.transfer / training.continual when training starts (zoo does not import training).
+    transfer: dict[str, Any] | None = None
+    continual: dict[str, Any] | None = None
 
 
 class ModelEntry(_Strict):
