@@ -13,11 +13,18 @@ from torch import nn
 
 from zoo.certificate import Certificate
 from zoo.certify import certify
-from zoo.checkpoint import CheckpointError, read_checkpoint
+from zoo.checkpoint import CheckpointError, atomic_write_bytes, read_checkpoint
 from zoo.models import build
-from zoo.registry import get_entry, registry_path
+from zoo.registry import get_entry
 
-__all__ = ["CertificateMismatchError", "CertifiedModel", "check_certificate", "load"]
+__all__ = [
+    "PACKAGE_DIR",
+    "CertificateMismatchError",
+    "CertifiedModel",
+    "cache_dir",
+    "check_certificate",
+    "load",
+]
 
 # Bounds recomputed by the same engine agree to the last bits; this only absorbs summation order.
 BOUND_TOLERANCE = 1e-9
@@ -62,26 +69,57 @@ def check_certificate(model: nn.Module, embedded: Certificate, source: str) -> C
     return computed
 
 
+PACKAGE_DIR = Path(__file__).parent
+"""Shipped checkpoints live inside the package (``zoo/weights/``), so they load after ``pip install``."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints are kept: ``$TORCH_HOME/hub/checkpoints`` (torch's convention)."""
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    return torch_home / "hub" / "checkpoints"
+
+
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _download(url: str, target: Path, name: str) -> None:
+    if os.environ.get("ZOO_OFFLINE") == "1":
+        raise CheckpointError(
+            f"{name}: not in the cache ({target}) and ZOO_OFFLINE=1 forbids downloading {url}"
+        )
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+    except OSError as error:
+        raise CheckpointError(f"{name}: cannot download {url} ({error})") from error
+    atomic_write_bytes(target, data)
+
+
 def _resolve(source: str | os.PathLike) -> Path:
-    """A path to an existing checkpoint, or the shipped checkpoint of a registry entry (hash checked)."""
+    """A path to an existing checkpoint, or the checkpoint of a registry entry: the shipped file, else
+    the cache, else a download from its url. The file's sha256 is checked against models.yaml on
+    every load, wherever it comes from."""
     path = Path(source)
     if path.is_file():
         return path
     if path.suffix == ".safetensors" or os.sep in str(source):
         raise CheckpointError(f"{source}: no such checkpoint file")
     entry = get_entry(str(source))
-    if entry.checkpoint is None:
-        raise CheckpointError(
-            f"{entry.name} has no shipped weights: train it with `zoo train {entry.name}`"
-        )
-    path = registry_path().parent / entry.checkpoint
-    if not path.is_file():
-        raise CheckpointError(f"{entry.name}: checkpoint file {path} is missing")
-    if entry.sha256 is not None and _file_sha256(path) != entry.sha256:
+    if not entry.has_weights:
+        raise CheckpointError(f"{entry.name} has no shipped weights: train it with `zoo train {entry.name}`")
+    shipped = PACKAGE_DIR / entry.checkpoint if entry.checkpoint else None
+    if shipped is not None and shipped.is_file():
+        path = shipped
+    elif entry.url is not None:
+        path = cache_dir() / f"{entry.name}-{entry.sha256[:10]}.safetensors"
+        if not path.is_file():
+            _download(entry.url, path, entry.name)
+    else:
+        raise CheckpointError(f"{entry.name}: checkpoint file {shipped} is missing")
+    if _file_sha256(path) != entry.sha256:
         raise CheckpointError(
             f"{entry.name}: {path} does not have the sha256 recorded in models.yaml: corrupted or modified"
         )
@@ -107,8 +145,6 @@ def load(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> Ce
         )
         model.load_state_dict(checkpoint.state_dict, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(
-            f"{path}: weights do not fit the recorded architecture ({error})"
-        ) from error
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({error})") from error
     certificate = check_certificate(model, checkpoint.certificate, str(path))
     return CertifiedModel(model.to(device).eval(), certificate, arch)

@@ -98,9 +98,20 @@ class ModelEntry(_Strict):
     architecture: ArchitectureSpec
     recipe: Recipe
     checkpoint: str | None = None
+    url: str | None = Field(default=None, pattern=r"^(https|file)://")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     certificate: dict[str, Any] | None = None
-    metrics: dict[str, float] | None = None
+    metrics: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _weights_have_a_hash(self) -> ModelEntry:
+        if (self.checkpoint or self.url) and not self.sha256:
+            raise ValueError("an entry with a checkpoint or url needs its sha256")
+        return self
+
+    @property
+    def has_weights(self) -> bool:
+        return self.checkpoint is not None or self.url is not None
 
 
 def registry_path() -> Path:
