@@ -13,7 +13,9 @@ __all__ = ["onnx_session"]
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
-def onnx_session(path: str | os.PathLike, device: str = "cpu") -> ort.InferenceSession:
+def onnx_session(
+    path: str | os.PathLike, device: str = "cpu", options: ort.SessionOptions | None = None
+) -> ort.InferenceSession:
     """An inference session of the model at ``path`` running on ``device`` ('cpu' or 'cuda').
 
     onnxruntime-gpu quietly falls back to the CPU when CUDA cannot be used; here asking for cuda
@@ -35,7 +37,7 @@ def onnx_session(path: str | os.PathLike, device: str = "cpu") -> ort.InferenceS
                 "device cuda was requested but this onnxruntime has no CUDAExecutionProvider "
                 f"(available: {ort.get_available_providers()}); install onnxruntime-gpu"
             )
-    session = ort.InferenceSession(os.fspath(path), providers=[provider])
+    session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=[provider])
     if session.get_providers()[0] != provider:
         raise DeviceUnavailableError(
             f"onnxruntime could not start {provider} (it runs {session.get_providers()}): "

@@ -1,0 +1,96 @@
+"""Inference latency of a certified model, folded and exported, against the plain network.
+
+For each architecture and batch size (1 and 256), prints the median latency of
+  - plain:    the same architecture built from plain torch.nn layers (random weights), PyTorch;
+  - folded:   the trained-style parametrized model after zoo.fold, PyTorch;
+  - unfolded: the parametrized model itself (weights recomputed every call), PyTorch;
+  - onnx:     the folded model exported by export.writers.write_onnx, in onnxruntime (CPU),
+and the ratios to plain, all measured side by side in one run. The goal is the physical limit:
+folded / plain = 1.
+
+    python bench/bench_export.py [--repeats 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from export.runtime import onnx_session
+from export.writers import write_onnx
+from zoo.certify import certify
+from zoo.fold import fold
+from zoo.models import build
+
+CASES = [
+    ("lipconv", (1, 8, 8), {}),
+    ("lipconv", (3, 32, 32), {"widths": [32, 64, 128], "dense": [256]}),
+]
+
+
+def median_ms(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each call; the calls are interleaved round-robin so that a change of
+    machine load hits every variant alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for repeat in range(repeats + 3):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if repeat >= 3:  # the first rounds are warm-up
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    table = Table(title="median latency (ms) and ratio to the plain network")
+    for column in ("model", "batch", "plain", "folded", "unfolded", "onnx (ORT CPU)"):
+        table.add_column(column, justify="right")
+    for name, shape, options in CASES:
+        plain = build(name, input_shape=shape, num_classes=10, parametrized=False, **options).eval()
+        unfolded = build(name, input_shape=shape, num_classes=10, parametrized=True, **options).eval()
+        folded = fold(build(name, input_shape=shape, num_classes=10, parametrized=True, **options))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_onnx(folded, certify(folded, shape), Path(tmp) / "model.onnx")
+            options = ort.SessionOptions()
+            # ORT's idle threads spin after each run by default, which would slow down the next
+            # variant measured in the round-robin; without spinning every variant runs on a quiet CPU.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = onnx_session(path, "cpu", options)
+            for batch in (1, 256):
+                x = torch.rand(batch, *shape)
+                feed = {"input": x.numpy()}
+                with torch.inference_mode():
+                    times = median_ms(
+                        {
+                            "plain": partial(plain, x),
+                            "folded": partial(folded, x),
+                            "unfolded": partial(unfolded, x),
+                            "onnx": partial(session.run, ["logits"], feed),
+                        },
+                        args.repeats,
+                    )
+                base = times["plain"]
+                cells = [
+                    f"{times[k]:.3f} ({times[k] / base:.2f}x)"
+                    for k in ("plain", "folded", "unfolded", "onnx")
+                ]
+                table.add_row(f"{name} {'x'.join(map(str, shape))}", str(batch), *cells)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

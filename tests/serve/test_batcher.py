@@ -1,0 +1,118 @@
+"""``zoo.serve.batcher``: gathering, splitting, failures and draining, with a fake model (no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+import pytest
+
+from zoo.serve.batcher import BatcherClosedError, DynamicBatcher
+
+
+class FakeModel:
+    """Doubles its inputs and records the size of every batch it is called with."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batch_sizes: list[int] = []
+        self.fail = fail
+
+    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        self.batch_sizes.append(len(inputs))
+        if self.fail:
+            raise RuntimeError("the model failed")
+        return {"double": 2 * inputs, "first": inputs[:, 0]}
+
+
+def requests(sizes: list[int]) -> list[np.ndarray]:
+    """One request per size, each example a distinct row so that a mix-up shows."""
+    bounds = itertools.pairwise(np.cumsum([0, *sizes]))
+    return [np.arange(a, b, dtype=np.float32)[:, None].repeat(3, axis=1) for a, b in bounds]
+
+
+async def submit_all(batcher: DynamicBatcher, inputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    return await asyncio.gather(*(batcher.submit(x) for x in inputs))
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_rows():
+    model = FakeModel()
+
+    async def scenario():
+        async with DynamicBatcher(model, max_batch=4, max_delay=0.2) as batcher:
+            inputs = requests([1, 2, 1, 3, 1])
+            return inputs, await submit_all(batcher, inputs)
+
+    inputs, answers = asyncio.run(scenario())
+    for x, answer in zip(inputs, answers, strict=True):
+        np.testing.assert_array_equal(answer["double"], 2 * x)
+        np.testing.assert_array_equal(answer["first"], x[:, 0])
+    # In arrival order, as many whole requests as fit in 4 examples: [1, 2, 1], then [3, 1].
+    assert model.batch_sizes == [4, 4]
+
+
+def test_a_full_batch_does_not_wait_for_the_delay():
+    model = FakeModel()
+
+    async def scenario():
+        async with DynamicBatcher(model, max_batch=2, max_delay=30.0) as batcher:
+            await asyncio.wait_for(submit_all(batcher, requests([1, 1])), timeout=5)
+
+    asyncio.run(scenario())
+    assert model.batch_sizes == [2]
+
+
+@pytest.mark.parametrize("max_batch, max_delay", [(1, 0.05), (8, 0.0)])
+def test_max_batch_1_runs_each_request_alone_and_delay_0_never_waits(max_batch, max_delay):
+    model = FakeModel()
+
+    async def scenario():
+        async with DynamicBatcher(model, max_batch=max_batch, max_delay=max_delay) as batcher:
+            for x in requests([1, 2, 1]):  # one after the other: nothing to gather with delay 0
+                await batcher.submit(x)
+
+    asyncio.run(scenario())
+    assert model.batch_sizes == [1, 2, 1]
+
+
+def test_a_request_larger_than_max_batch_runs_alone():
+    model = FakeModel()
+
+    async def scenario():
+        async with DynamicBatcher(model, max_batch=2, max_delay=0.05) as batcher:
+            return await submit_all(batcher, requests([5, 1]))
+
+    answers = asyncio.run(scenario())
+    assert model.batch_sizes == [5, 1] and [len(a["double"]) for a in answers] == [5, 1]
+
+
+def test_a_model_failure_reaches_every_request_of_the_batch_and_the_batcher_goes_on():
+    model = FakeModel(fail=True)
+
+    async def scenario():
+        async with DynamicBatcher(model, max_batch=4, max_delay=0.2) as batcher:
+            submitted = (batcher.submit(x) for x in requests([1, 1]))
+            results = await asyncio.gather(*submitted, return_exceptions=True)
+            model.fail = False
+            return results, await batcher.submit(requests([1])[0])
+
+    results, after = asyncio.run(scenario())
+    assert [str(r) for r in results] == ["the model failed"] * 2
+    assert len(after["double"]) == 1
+
+
+def test_closing_answers_every_queued_request_then_refuses_new_ones():
+    model = FakeModel()
+
+    async def scenario():
+        async with DynamicBatcher(model, max_batch=64, max_delay=30.0) as batcher:
+            pending = [asyncio.ensure_future(batcher.submit(x)) for x in requests([1, 2, 3])]
+            await asyncio.sleep(0.01)  # queued, waiting for a batch that will not fill
+        answers = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)  # drained, not 30 s
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit(requests([1])[0])
+        return answers, batcher.is_open
+
+    answers, is_open = asyncio.run(scenario())
+    assert [len(a["double"]) for a in answers] == [1, 2, 3] and not is_open
+    assert model.batch_sizes == [6]

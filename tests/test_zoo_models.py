@@ -1,0 +1,77 @@
+"""The shipped zoo: every model with weights loads (hash and certificate re-checked), reproduces
+its recorded accuracy, exports and verifies; and loading works from an installed wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import zoo
+from training.data import load_dataset
+from training.trainer import evaluate
+from zoo.registry import load_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = [name for name, entry in load_registry().items() if entry.checkpoint is not None]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_model_reproduces_its_recorded_metrics(name, tmp_path):
+    entry = load_registry()[name]
+    certified = zoo.load(name)
+    assert certified.certificate.lipschitz_bound == pytest.approx(
+        entry.certificate["lipschitz_bound"], rel=1e-6
+    )
+    data = load_dataset(entry.recipe.dataset)
+    measured = evaluate(certified.model, data.x_test, data.y_test, certified.certificate.lipschitz_bound)
+    assert measured["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=1e-3)
+    for eps, accuracy in measured["certified_accuracy"].items():
+        assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{eps}"], abs=1e-3)
+
+
+def test_the_zoo_ships_models():
+    assert len(SHIPPED) >= 1
+
+
+@pytest.mark.slow
+def test_loading_works_from_a_wheel_in_a_fresh_virtual_environment(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            tmp_path,
+            ROOT,
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("lipschitz_zoo-*.whl")
+    fresh = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", fresh], check=True)
+    python = fresh / "bin" / "python"
+    fresh_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # The dependencies (torch, ...) come from this environment; the project itself only from the wheel.
+    Path(fresh_site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], check=True)
+    script = (
+        "import zoo, sys; from pathlib import Path\n"
+        f"assert Path(zoo.__file__).is_relative_to({fresh_site!r}), zoo.__file__\n"
+        f"m = zoo.load({SHIPPED[0]!r}); print(m.certificate.lipschitz_bound)\n"
+    )
+    result = subprocess.run([python, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == pytest.approx(load_registry()[SHIPPED[0]].certificate["lipschitz_bound"])

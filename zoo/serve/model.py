@@ -1,0 +1,130 @@
+"""The model a server serves: a verified ONNX artifact, its certificate, and what it answers per example.
+
+Whatever the user names (an ``.onnx`` file written by the zoo, a checkpoint, a models.yaml name), the
+server runs an ONNX file, and only one that certifies itself: :func:`_check_artifact` recomputes the
+Lipschitz bound from the file (``export.verify``) and refuses a file without a certificate, or whose
+graph has a larger bound than its certificate claims. The certified radii the server reports are
+only as true as that check.
+
+``export`` is imported inside the functions that need it, as everywhere in ``zoo`` (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from zoo.certificate import Certificate
+from zoo.hub import load
+from zoo.robustness import certified_radius
+
+__all__ = ["ArtifactError", "ServedModel", "open_model"]
+
+VERSION = "1"
+
+
+class ArtifactError(ValueError):
+    """The file cannot be served: no certificate, a certificate it does not satisfy, or a bad graph."""
+
+
+def _check_artifact(path: Path) -> Certificate:
+    """The certificate embedded in the ONNX file at ``path``, once the file is shown to satisfy it."""
+    from export.verify import verify_onnx
+
+    report = verify_onnx(path)
+    if report.embedded is None:
+        raise ArtifactError(
+            f"{path}: the file carries no Lipschitz certificate, so no certified radius can be given; "
+            "serve a file written by `zoo export --onnx`"
+        )
+    if not report.ok:
+        raise ArtifactError(f"{path}: refused, {'; '.join(report.problems)}")
+    return report.embedded
+
+
+class ServedModel:
+    """An onnxruntime session of a certified classifier, with the outputs the server derives from it.
+
+    For each example the server answers the logits and, from the certificate's bound ``L``:
+    ``predicted_class`` (argmax), ``margin`` (top1 - top2) and ``certified_radius``
+    ((top1 - top2) / (sqrt(2) * L), the L2 distance within which the prediction cannot change).
+    """
+
+    def __init__(self, name: str, session: ort.InferenceSession, certificate: Certificate) -> None:
+        (graph_input,) = session.get_inputs()
+        (graph_output,) = session.get_outputs()
+        num_classes = graph_output.shape[-1]
+        if len(graph_output.shape) != 2 or not isinstance(num_classes, int) or num_classes < 2:
+            raise ArtifactError(
+                f"model {name}: its output {graph_output.name!r} has shape {graph_output.shape}, "
+                "expected [batch, classes] logits with at least 2 classes"
+            )
+        self.name = name
+        self.version = VERSION
+        self.session = session
+        self.certificate = certificate
+        self.input_name: str = graph_input.name
+        self.logits_name: str = graph_output.name
+        self.input_shape: tuple[int, ...] = tuple(certificate.input_shape)
+        self.num_classes: int = num_classes
+
+    @property
+    def provider(self) -> str:
+        """The onnxruntime execution provider actually running the model."""
+        return self.session.get_providers()[0]
+
+    def output_specs(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """Every output the server can answer: name -> (dtype, shape of one example)."""
+        return {
+            self.logits_name: (np.dtype(np.float32), (self.num_classes,)),
+            "predicted_class": (np.dtype(np.int64), ()),
+            "margin": (np.dtype(np.float32), ()),
+            "certified_radius": (np.dtype(np.float64), ()),
+        }
+
+    def predict(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """All outputs of :meth:`output_specs` for a float32 batch of shape (N, *input_shape)."""
+        (logits,) = self.session.run([self.logits_name], {self.input_name: inputs})
+        top2 = np.partition(logits, -2, axis=1)[:, -2:]
+        radius = certified_radius(torch.from_numpy(logits), self.certificate.lipschitz_bound)
+        return {
+            self.logits_name: logits,
+            "predicted_class": logits.argmax(axis=1).astype(np.int64),
+            "margin": top2[:, 1] - top2[:, 0],
+            "certified_radius": radius.numpy(),
+        }
+
+
+def _export_to_onnx(source: str, workdir: Path) -> tuple[Path, str]:
+    """Load a checkpoint path or models.yaml name with ``zoo.load`` and write it as ONNX in ``workdir``."""
+    from export.writers import write_onnx
+
+    name = Path(source).stem if Path(source).is_file() else source
+    certified = load(source)
+    path = write_onnx(certified.model.cpu(), certified.certificate, workdir / f"{name}.onnx")
+    return path, name
+
+
+def open_model(source: str | os.PathLike, device: str, workdir: Path) -> ServedModel:
+    """The model to serve for ``source``: an ``.onnx`` file, a checkpoint path or a models.yaml name.
+
+    A checkpoint or a name is exported to ONNX in ``workdir`` first (the caller owns that directory).
+    The model is named after the registry name, or the file's stem. Raises :class:`ArtifactError`
+    (or the loader's own error) saying why a source cannot be served, and
+    ``DeviceUnavailableError`` when ``device`` is 'cuda' and CUDA cannot be used.
+    """
+    from export.runtime import onnx_session
+
+    source = os.fspath(source)
+    if Path(source).suffix == ".onnx":
+        path, name = Path(source), Path(source).stem
+        if not path.is_file():
+            raise ArtifactError(f"{path}: no such file")
+    else:
+        path, name = _export_to_onnx(source, workdir)
+    session = onnx_session(path, device)  # first: a device that cannot be used is the quickest error
+    return ServedModel(name, session, _check_artifact(path))
