@@ -126,5 +126,11 @@ def open_model(source: str | os.PathLike, device: str, workdir: Path) -> ServedM
             raise ArtifactError(f"{path}: no such file")
     else:
         path, name = _export_to_onnx(source, workdir)
-    session = onnx_session(path, device)  # first: a device that cannot be used is the quickest error
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Idle intra-op threads would spin after every call (about 1 ms of CPU per batch-1 request,
+    # measured by bench/bench_serve.py): between requests a server should leave the CPU alone.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnx_session(path, device, options)  # first: an unusable device is the quickest error
     return ServedModel(name, session, _check_artifact(path))
