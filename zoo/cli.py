@@ -48,7 +48,7 @@ def _user_errors(*extra: type[Exception]) -> Iterator[None]:
     try:
         yield
     except (*USER_ERRORS, *extra) as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -61,20 +61,22 @@ def _format_accuracy(metrics: dict | None, eps: str | None = None) -> str:
 
 @app.command("list")
 def list_models() -> None:
-    """Table of models.yaml: name, dataset, bound, clean / certified accuracy."""
+    """Table of models.yaml: name, dataset, bound, tightness (lower / upper), clean / certified accuracy."""
     with _user_errors():
         entries = load_registry()
     table = Table(title="lipschitz zoo")
     table.add_column("name", no_wrap=True)
-    for column in ("dataset", "weights", "bound", "clean %", "cert. % @0.25"):
+    for column in ("dataset", "weights", "bound", "lower/upper", "clean %", "cert. % @0.25"):
         table.add_column(column)
     for entry in entries.values():
         bound = (entry.certificate or {}).get("lipschitz_bound")
+        lower = (entry.metrics or {}).get("empirical_lipschitz")
         table.add_row(
             entry.name,
             entry.recipe.dataset,
-            "shipped" if entry.checkpoint else "recipe only",
+            "shipped" if entry.has_weights else "recipe only",
             "-" if bound is None else f"{bound:.4f}",
+            "-" if bound is None or lower is None else f"{lower / bound:.2f}",
             _format_accuracy(entry.metrics),
             _format_accuracy(entry.metrics, "0.25"),
         )
@@ -224,3 +226,107 @@ def export(
         table.add_row(check.format, str(check.path), f"{check.max_abs_diff:.2e}", "embedded, read back")
     console.print(table)
     console.print(f"Lipschitz bound: {certified.certificate.lipschitz_bound:.6f}")
+
+
+@app.command()
+def verify(
+    artifact: Annotated[Path, typer.Argument(help="an exported model: .onnx, .pt (TorchScript) or .pt2")],
+    json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Recompute the Lipschitz bound from the artifact alone; non-zero exit on a violation or a
+    mismatch with its embedded certificate."""
+    from export.verify import verify_artifact
+
+    with _user_errors():
+        report = verify_artifact(artifact)
+    if json_output:
+        print(json.dumps(report.to_dict()))
+    else:
+        table = Table(title=f"{artifact}: bounds recomputed from the file (cumulative)")
+        for column in ("layer", "op", "input shape", "bound"):
+            table.add_column(column)
+        for layer in report.layers:
+            shape = "x".join(map(str, layer.input_shape))
+            table.add_row(layer.name, layer.op, shape, f"{layer.bound:.6f}")
+        console.print(table)
+        claimed = "none embedded" if report.embedded is None else f"{report.embedded.lipschitz_bound:.6f}"
+        console.print(
+            f"recomputed Lipschitz bound: [bold]{report.lipschitz_bound:.6f}[/], certificate: {claimed}"
+        )
+    if not report.ok:
+        message = f"[bold red]error:[/] {artifact}: {'; '.join(report.problems)}"
+        errors.print(message, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def ship(
+    name: Annotated[str, typer.Argument(help="model name from models.yaml")],
+    run_dir: Annotated[Path, typer.Argument(help="a finished `zoo train` output directory")],
+) -> None:
+    """Ship a trained model: copy its checkpoint into the package and record it in models.yaml."""
+    from zoo.publish import ship as ship_model
+
+    with _user_errors():
+        target = ship_model(name, run_dir)
+    console.print(f"shipped {name}: {target}")
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="model name from models.yaml (with weights)")],
+    out: Annotated[Path, typer.Option(help="output directory of the model card")] = Path("cards"),
+    data_dir: Annotated[Path | None, typer.Option(help="where MNIST / Fashion-MNIST / CIFAR-10 are")] = None,
+) -> None:
+    """Write a model card: Markdown with certified accuracy against eps and per-layer bounds plots."""
+    from training.data import load_dataset
+    from zoo.report import write_model_card
+
+    with _user_errors():
+        entry = get_entry(name)
+        certified = load(name)
+        data = load_dataset(entry.recipe.dataset, data_dir)
+        card = write_model_card(entry, certified, data.x_test, data.y_test, out)
+    console.print(f"model card: {card}")
+
+
+@app.command()
+def serve(
+    source: Annotated[str, typer.Argument(help="a zoo .onnx file, a checkpoint path or a model name")],
+    host: Annotated[str, typer.Option(help="address to listen on (loopback only by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port)")] = 8000,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    max_batch: Annotated[int, typer.Option(min=1, help="most examples per model call; 1: no batching")] = 32,
+    max_delay_ms: Annotated[
+        float, typer.Option(min=0, help="longest wait for a batch to fill; 0: run what has queued")
+    ] = 0.0,
+    max_body_mb: Annotated[float, typer.Option(min=0, help="largest request body accepted, MiB")] = 64,
+) -> None:
+    """Serve a certified model over HTTP: KServe v2 / Open Inference Protocol, on onnxruntime.
+
+    Each answer carries the logits and, per example, the predicted class, the margin and the
+    certified L2 radius. An .onnx file must carry a certificate that its graph satisfies; a checkpoint
+    or a name is exported to ONNX first. Stops gracefully on SIGINT or SIGTERM."""
+    import tempfile
+
+    from zoo.serve import open_model
+    from zoo.serve import serve as run_server
+
+    with tempfile.TemporaryDirectory(prefix="zoo-serve-") as workdir:
+        with _user_errors():
+            served = open_model(source, device, Path(workdir))
+        shape = ", ".join(map(str, served.input_shape))
+        console.print(
+            f"serving [bold]{served.name}[/]: inputs [-1, {shape}], {served.num_classes} classes, "
+            f"Lipschitz bound {served.certificate.lipschitz_bound:.6f}, on {served.provider}; "
+            f"batching up to {max_batch} examples, waiting at most {max_delay_ms:g} ms",
+            highlight=False,
+        )
+        run_server(
+            served,
+            host=host,
+            port=port,
+            max_batch=max_batch,
+            max_delay_ms=max_delay_ms,
+            max_body_bytes=int(max_body_mb * 2**20),
+        )

@@ -1,0 +1,585 @@
+"""Sound Lipschitz bound of an ONNX graph, from the graph and its initializers alone.
+
+:func:`graph_bound` fixes the input shape (a dynamic batch axis is analysed at 2 examples, so that an
+op mixing examples is caught), infers every tensor's shape with ``onnx.shape_inference``, then walks
+the nodes in their (topological) order. It keeps, for every tensor, its value when it is a constant
+and its :class:`~export.propagation.Signal` when it depends on the input (see
+:mod:`export.propagation` for that bookkeeping and why its bounds are sound):
+
+* a node with no input-dependent input is evaluated with ``onnx.reference`` (constant folding);
+* an op of :data:`REINDEXING` only moves values: it is evaluated on the index arrays themselves;
+* any other op needs a rule in :data:`RULES`, whose docstring's first line says why it is sound;
+  an op without one is an :class:`UnsupportedOpError` naming it, never skipped.
+
+Assumptions: the graph has one input-dependent input (initializers are constants, also when listed
+as graph inputs), its first axis is the batch axis and its other dimensions are fixed (a bound
+depends on the input size); the default-domain opset is >= 13. Not supported, among others: Shape of
+an input-dependent tensor (it would make the batch size a value), products and quotients of two
+input-dependent tensors (not globally Lipschitz), 3-D and transposed convolutions, normalisations
+other than inference-mode BatchNormalization, Softmax, control flow (If, Loop).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.inliner
+import torch
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from export.propagation import (
+    GraphBound,
+    Signal,
+    Tracker,
+    UnsupportedOpError,
+    VerificationError,
+    average_pool_gain,
+    window_coverage,
+)
+from zoo.bounds import conv_bound, matrix_norm_bound
+from zoo.certificate import LayerBound
+
+__all__ = ["MIN_OPSET", "REINDEXING", "RULES", "GraphBound", "graph_bound"]
+
+MIN_OPSET = 13
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+
+
+@dataclass(frozen=True)
+class NotLipschitz:
+    """An input-dependent output with no Lipschitz bound (e.g. the indices of a TopK): using it is an
+    error, and so is returning it."""
+
+    what: str
+
+
+Value = np.ndarray | Signal | NotLipschitz | None
+
+REINDEXING = frozenset(
+    {
+        "Concat",
+        "DepthToSpace",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "Identity",
+        "Pad",
+        "Reshape",
+        "Slice",
+        "SpaceToDepth",
+        "Split",
+        "Squeeze",
+        "Tile",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
+"""Ops whose every output value is a copy of an input value or a constant (1-Lipschitz, except for
+the copies, which the signal's bound counts)."""
+
+
+@dataclass
+class _Walk:
+    """State of one walk: the graph, the inferred shapes and the tracker."""
+
+    model: onnx.ModelProto
+    shapes: dict[str, tuple[int, ...]]
+    tracker: Tracker
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.shapes:
+            raise VerificationError(f"the shape of tensor {name!r} could not be inferred")
+        return self.shapes[name]
+
+    def evaluate(self, node: onnx.NodeProto, feeds: list[np.ndarray | None]) -> list[np.ndarray]:
+        """Run ``node`` alone with ``onnx.reference`` on ``feeds`` (None for an absent input)."""
+        names = [f"x{i}" if feed is not None else "" for i, feed in enumerate(feeds)]
+        single = helper.make_node(
+            node.op_type, names, [f"y{i}" for i in range(len(node.output))], domain=node.domain
+        )
+        single.attribute.extend(node.attribute)
+        inputs = [
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(feed.dtype), None)
+            for name, feed in zip(names, feeds, strict=True)
+            if name
+        ]
+        outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in single.output]
+        graph = helper.make_graph([single], "node", inputs, outputs)
+        model = helper.make_model(
+            graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version
+        )
+        try:
+            results = ReferenceEvaluator(model).run(
+                None, {name: feed for name, feed in zip(names, feeds, strict=True) if name}
+            )
+        except Exception as error:  # the reference implementation raises many kinds
+            raise VerificationError(f"cannot evaluate it with onnx.reference: {error}") from error
+        return [np.asarray(result) for result in results]
+
+
+Rule = Callable[[_Walk, onnx.NodeProto, list[Value]], list[Value]]
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+
+
+def _constant(inputs: list[Value], position: int, what: str) -> np.ndarray | None:
+    """Input ``position`` (None when absent), which must not depend on the graph input."""
+    value = inputs[position] if position < len(inputs) else None
+    if isinstance(value, Signal):
+        raise UnsupportedOpError(f"its {what} (input {position}) depends on the graph input")
+    return value
+
+
+def _data(inputs: list[Value], position: int = 0) -> Signal:
+    value = inputs[position]
+    if not isinstance(value, Signal):
+        raise UnsupportedOpError(f"only input {position} may depend on the graph input")
+    return value
+
+
+def _axis(axis: int, rank: int) -> int:
+    """A non-negative axis, never the batch axis."""
+    axis = axis % rank
+    if axis == 0:
+        raise UnsupportedOpError("it operates along the batch axis")
+    return axis
+
+
+# --- ops that only move values ---------------------------------------------------------------
+
+
+def _reindex(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Moves values only: evaluated on the index arrays, so exact, copies included."""
+    data_positions = range(len(inputs)) if node.op_type == "Concat" else (0,)
+    feeds = []
+    for position, value in enumerate(inputs):
+        if position in data_positions:
+            feeds.append(value.index if isinstance(value, Signal) else np.full(value.shape, -1, np.int64))
+        else:
+            feeds.append(_constant(inputs, position, "shape or index argument"))
+    if node.op_type == "Reshape" and walk.tracker.batch > 1:
+        first = int(feeds[1][0])
+        if not (first == -1 or (first == 0 and not _attributes(node).get("allowzero", 0))):
+            raise UnsupportedOpError(f"it reshapes to a fixed batch size ({first})")
+    if node.op_type == "Pad":
+        feeds = [*feeds[:2], np.array(-1, np.int64), *feeds[3:]]  # constant entries are marked -1
+    moved = [value for value in inputs if isinstance(value, Signal)]
+    return [walk.tracker.reindexed(index, moved) for index in walk.evaluate(node, feeds)]
+
+
+# --- elementwise ops ----------------------------------------------------------------------------
+
+
+def _lipschitz_of_scalar_map(node: onnx.NodeProto) -> float:
+    if node.op_type == "LeakyRelu":
+        return max(1.0, abs(_attributes(node).get("alpha", 0.01)))
+    return 0.25 if node.op_type == "Sigmoid" else 1.0
+
+
+def _elementwise(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Each output value is a scalar function of one input value with Lipschitz constant 1 (Relu,
+    Abs, Neg, Clip, Tanh), max(1, |alpha|) (LeakyRelu) or 1/4 (Sigmoid)."""
+    bounds = [_constant(inputs, position, "bound") for position in range(1, len(inputs))]
+    alike = all(bound is None or bound.size == 1 for bound in bounds)
+    return [walk.tracker.elementwise(_data(inputs), _lipschitz_of_scalar_map(node), alike)]
+
+
+def _batch_normalization(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Inference-mode BatchNormalization is y = x * scale / sqrt(var + eps) + shift per channel: an
+    elementwise map with Lipschitz constant max |scale / sqrt(var + eps)|."""
+    attributes = _attributes(node)
+    if attributes.get("training_mode", 0) or len([o for o in node.output if o]) > 1:
+        raise UnsupportedOpError("only inference mode (training_mode=0, one output) is supported")
+    scale, _, _, variance = (_constant(inputs, i, "statistics").astype(np.float64) for i in range(1, 5))
+    factors = np.abs(scale) / np.sqrt(variance + attributes.get("epsilon", 1e-5))
+    return [walk.tracker.elementwise(_data(inputs), float(np.max(factors)), alike=False)]
+
+
+def _sum(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Add / Sub / Sum: adding or subtracting a constant is 1-Lipschitz; input-dependent terms are
+    bounded by the triangle inequality or Cauchy-Schwarz (Tracker.summed)."""
+    shape = walk.shape(node.output[0])
+    terms = [walk.tracker.broadcast(value, shape) for value in inputs if isinstance(value, Signal)]
+    if len(terms) > 1:
+        return [walk.tracker.summed(terms)]
+    scalar = all(value.size == 1 for value in inputs if isinstance(value, np.ndarray))
+    return [walk.tracker.elementwise(terms[0], 1.0, alike=scalar)]
+
+
+def _product(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Mul / Div by a constant c: value k is multiplied by c_k, so the map is max |c|-Lipschitz
+    (exact for a scalar c); a product of two input-dependent tensors is not globally Lipschitz."""
+    a, b = inputs
+    if isinstance(a, Signal) and isinstance(b, Signal):
+        raise UnsupportedOpError("a product of two input-dependent tensors is not globally Lipschitz")
+    if node.op_type == "Div" and isinstance(b, Signal):
+        raise UnsupportedOpError("a division by an input-dependent tensor is not Lipschitz")
+    data, constant = (a, b) if isinstance(a, Signal) else (b, a)
+    factors = np.abs(constant.astype(np.float64))
+    with np.errstate(divide="ignore"):
+        factor = float(np.max(1.0 / factors if node.op_type == "Div" else factors, initial=0.0))
+    if not math.isfinite(factor):
+        raise UnsupportedOpError("it divides by zero")
+    data = walk.tracker.broadcast(data, walk.shape(node.output[0]))
+    return [walk.tracker.elementwise(data, factor, alike=constant.size == 1)]
+
+
+def _extremum(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Max / Min of m input-dependent operands is the top / bottom rank of each sorted group of m
+    values (Tracker.sorted_group: a sort is 1-Lipschitz); a constant operand only clamps (1-Lipschitz)."""
+    shape = walk.shape(node.output[0])
+    operands = [walk.tracker.broadcast(value, shape) for value in inputs if isinstance(value, Signal)]
+    if len(operands) == 1:
+        scalar = all(value.size == 1 for value in inputs if isinstance(value, np.ndarray))
+        return [walk.tracker.elementwise(operands[0], 1.0, alike=scalar)]
+    ranks = walk.tracker.sorted_group(operands)
+    return [ranks[-1] if node.op_type == "Max" else ranks[0]]
+
+
+def _top_k(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """TopK values are the k largest (or smallest) values of each line, sorted: a sort is 1-Lipschitz
+    and so is keeping some of its values. The indices are not a Lipschitz function of the input."""
+    x = _data(inputs)
+    _axis(_attributes(node).get("axis", -1), x.index.ndim)
+    values = walk.tracker.transformed(x, 1.0, walk.shape(node.output[0]))
+    return [values, NotLipschitz(f"the indices output of TopK node {node.name!r}")]
+
+
+# --- linear ops -----------------------------------------------------------------------------------
+
+
+def _pads(attributes: dict[str, Any], spatial: tuple[int, ...], kernel: list[int]) -> list[tuple[int, int]]:
+    """(begin, end) zero padding per spatial axis of a Conv / pooling node, auto_pad resolved."""
+    rank = len(spatial)
+    strides = attributes.get("strides", [1] * rank)
+    dilations = attributes.get("dilations", [1] * rank)
+    auto_pad = attributes.get("auto_pad", "NOTSET")
+    if auto_pad == "NOTSET":
+        pads = attributes.get("pads", [0] * 2 * rank)
+        return list(zip(pads[:rank], pads[rank:], strict=True))
+    if auto_pad == "VALID":
+        return [(0, 0)] * rank
+    amounts = []
+    for n, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+        total = max(0, (math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n)
+        small, large = total // 2, total - total // 2
+        amounts.append((small, large) if auto_pad == "SAME_UPPER" else (large, small))
+    return amounts
+
+
+def _zero_padded(
+    spatial: tuple[int, ...], pads: list[tuple[int, int]]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(input_size, padding) to give conv_bound: torch pads symmetrically; asymmetric zero padding
+    is an isometric embedding into the padded size, so the unpadded convolution on that size bounds it."""
+    if all(begin == end for begin, end in pads):
+        return spatial, tuple(begin for begin, _ in pads)
+    return tuple(n + begin + end for n, (begin, end) in zip(spatial, pads, strict=True)), (0,) * len(pads)
+
+
+def _spatial(x: Signal) -> tuple[int, ...]:
+    spatial = x.shape[2:]
+    if len(spatial) not in (1, 2):
+        raise UnsupportedOpError(f"{len(spatial)} spatial dimensions (the bound engine handles 1 or 2)")
+    return spatial
+
+
+def _conv(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Conv is linear with operator norm at most conv_bound (bias excluded); when its input is a
+    padding of another tensor (a Pad node, or Slice + Concat), both are bounded as one convolution
+    with that padding mode (Tracker.padding_of), since a reflect or wrap pad alone copies pixels."""
+    x, weight = _data(inputs), _constant(inputs, 1, "weight")
+    _constant(inputs, 2, "bias")
+    attributes = _attributes(node)
+    spatial = _spatial(x)
+    kernel = list(weight.shape[2:])
+    pads = _pads(attributes, spatial, kernel)
+    padded = None if any(begin or end for begin, end in pads) else walk.tracker.padding_of(x, kernel)
+    if padded is None:
+        source, mode = x, "zeros"
+        input_size, padding = _zero_padded(spatial, pads)
+    else:
+        source, padding, mode = padded
+        input_size = source.shape[2:]
+    gain = conv_bound(
+        torch.tensor(weight),
+        input_size=input_size,
+        stride=tuple(attributes.get("strides", [1] * len(spatial))),
+        padding=padding,
+        dilation=tuple(attributes.get("dilations", [1] * len(spatial))),
+        groups=attributes.get("group", 1),
+        padding_mode=mode,
+    )
+    return [walk.tracker.transformed(source, gain, walk.shape(node.output[0]))]
+
+
+def _matrix_gain(matrix: np.ndarray) -> float:
+    """matrix_norm_bound of a (out, in) matrix, the orientation of torch's Linear weight."""
+    return matrix_norm_bound(torch.tensor(matrix))
+
+
+def _gemm(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Gemm with the data as A (one row per example) and constant B, C: x -> alpha x op(B) + beta C
+    has norm |alpha| ||B||."""
+    x, weight = _data(inputs), _constant(inputs, 1, "weight")
+    _constant(inputs, 2, "bias")
+    attributes = _attributes(node)
+    if attributes.get("transA", 0):
+        raise UnsupportedOpError("transA=1 would contract the batch axis")
+    matrix = weight if attributes.get("transB", 0) else weight.T
+    gain = abs(attributes.get("alpha", 1.0)) * _matrix_gain(matrix)
+    return [walk.tracker.transformed(x, gain, walk.shape(node.output[0]))]
+
+
+def _matmul(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """MatMul with one constant 1-D or 2-D operand W: x @ W maps every row of x, W @ x every column,
+    by the same matrix, so the norm is ||W||."""
+    a, b = inputs
+    if isinstance(a, Signal) == isinstance(b, Signal):
+        raise UnsupportedOpError("exactly one operand must be a constant (x @ y is not Lipschitz)")
+    weight = b if isinstance(a, Signal) else a
+    if weight.ndim > 2:
+        raise UnsupportedOpError("a batched constant operand is not supported")
+    if isinstance(a, Signal):
+        x, matrix = a, (weight[:, None] if weight.ndim == 1 else weight).T
+    else:
+        x, matrix = b, (weight[None, :] if weight.ndim == 1 else weight)
+        if x.index.ndim < 3:
+            raise UnsupportedOpError("W @ x on a 2-D x would contract the batch axis")
+    return [walk.tracker.transformed(x, _matrix_gain(matrix), walk.shape(node.output[0]))]
+
+
+def _average_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """AveragePool is a depthwise convolution with the constant kernel 1 / prod(kernel), bounded by
+    conv_bound (average_pool_gain)."""
+    x, attributes = _data(inputs), _attributes(node)
+    spatial, kernel = _spatial(x), attributes["kernel_shape"]
+    strides = attributes.get("strides", [1] * len(spatial))
+    dilations = attributes.get("dilations", [1] * len(spatial))
+    pads = _pads(attributes, spatial, kernel)
+    if any(begin or end for begin, end in pads) and not attributes.get("count_include_pad", 0):
+        raise UnsupportedOpError("count_include_pad=0 with padding divides border windows differently")
+    floor_size = tuple(
+        (n + b + e - (k - 1) * d - 1) // s + 1
+        for n, (b, e), k, d, s in zip(spatial, pads, kernel, dilations, strides, strict=True)
+    )
+    out_shape = walk.shape(node.output[0])
+    if out_shape[2:] != floor_size:
+        raise UnsupportedOpError("ceil_mode=1 adds partial windows")
+    input_size, padding = _zero_padded(spatial, pads)
+    gain = average_pool_gain(
+        kernel, input_size=input_size, stride=strides, padding=padding, dilation=dilations
+    )
+    return [walk.tracker.transformed(x, gain, out_shape)]
+
+
+def _window_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """MaxPool / LpPool (p >= 2): each output moves by at most the L2 norm of its window's change, so
+    the gain is sqrt of the largest number of windows covering one pixel; LpPool with 1 <= p < 2 is
+    n^(1/p - 1/2) times more for n-pixel windows. MaxPool's indices are not Lipschitz."""
+    x, attributes = _data(inputs), _attributes(node)
+    spatial, kernel = x.shape[2:], attributes["kernel_shape"]
+    strides = attributes.get("strides", [1] * len(spatial))
+    dilations = attributes.get("dilations", [1] * len(spatial))
+    pads = _pads(attributes, spatial, kernel)
+    out_shape = walk.shape(node.output[0])
+    coverage = math.prod(
+        window_coverage(n, out, k, s, d, begin)
+        for n, out, k, s, d, (begin, _) in zip(
+            spatial, out_shape[2:], kernel, strides, dilations, pads, strict=True
+        )
+    )
+    gain = math.sqrt(coverage)
+    if node.op_type == "LpPool":
+        p = attributes.get("p", 2)
+        if p < 1:
+            raise UnsupportedOpError(f"p={p} is not a norm")
+        gain *= math.prod(kernel) ** max(0.0, 1 / p - 1 / 2)
+    outputs: list[Value] = [walk.tracker.transformed(x, gain, out_shape)]
+    if len(node.output) > 1:
+        outputs.append(NotLipschitz(f"the indices output of MaxPool node {node.name!r}"))
+    return outputs
+
+
+_REDUCE_GAINS: dict[str, Callable[[int], float]] = {
+    "ReduceMean": lambda n: 1 / math.sqrt(n),
+    "GlobalAveragePool": lambda n: 1 / math.sqrt(n),
+    "ReduceSum": math.sqrt,
+    "ReduceMax": lambda n: 1.0,
+    "ReduceMin": lambda n: 1.0,
+    "GlobalMaxPool": lambda n: 1.0,
+}
+
+
+def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Reductions over axes (never the batch axis) combine disjoint groups of n values: |mean| <=
+    ||group|| / sqrt(n), |sum| <= sqrt(n) ||group||, |max|, |min| <= ||group|| (in differences)."""
+    x, attributes = _data(inputs), _attributes(node)
+    rank = x.index.ndim
+    if node.op_type.startswith("Global"):
+        axes = list(range(2, rank))
+    else:
+        given = _constant(inputs, 1, "axes") if len(inputs) > 1 else None
+        axes = list(given) if given is not None else attributes.get("axes", [])
+        if not axes and attributes.get("noop_with_empty_axes", 0):
+            return [x]
+        axes = [_axis(int(a), rank) for a in axes] if axes else list(range(rank))
+    if 0 in axes:
+        raise UnsupportedOpError("it reduces over the batch axis")
+    gain = _REDUCE_GAINS[node.op_type](math.prod(x.shape[a] for a in axes))
+    return [walk.tracker.transformed(x, gain, walk.shape(node.output[0]))]
+
+
+RULES: dict[str, Rule] = {
+    **dict.fromkeys(REINDEXING, _reindex),
+    **dict.fromkeys(("Relu", "LeakyRelu", "Abs", "Neg", "Clip", "Tanh", "Sigmoid"), _elementwise),
+    "BatchNormalization": _batch_normalization,
+    **dict.fromkeys(("Add", "Sub", "Sum"), _sum),
+    **dict.fromkeys(("Mul", "Div"), _product),
+    **dict.fromkeys(("Max", "Min"), _extremum),
+    "TopK": _top_k,
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "AveragePool": _average_pool,
+    **dict.fromkeys(("MaxPool", "LpPool"), _window_pool),
+    **dict.fromkeys(_REDUCE_GAINS, _reduce),
+}
+"""ONNX op type (default domain) -> rule computing the values of the node's outputs."""
+
+
+# --- the walk -----------------------------------------------------------------------------------
+
+
+def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < MIN_OPSET:
+        raise UnsupportedOpError(
+            f"default-domain opset {opset} is not supported: convert the model to opset {MIN_OPSET} "
+            "or later (onnx.version_converter)"
+        )
+    return onnx.inliner.inline_local_functions(model) if model.functions else model
+
+
+def _input(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> tuple[str, int, tuple[int, ...]]:
+    """Name, analysed batch size and example shape of the graph's one input-dependent input."""
+    inputs = [i for i in graph.input if i.name not in constants]
+    if len(inputs) != 1:
+        raise UnsupportedOpError(f"the graph must have one input, it has {[i.name for i in inputs]}")
+    (value_info,) = inputs
+    dims = value_info.type.tensor_type.shape.dim
+    if len(dims) < 2:
+        raise UnsupportedOpError(f"input {value_info.name!r} must have a batch axis and a shape")
+    fixed_batch = dims[0].HasField("dim_value")
+    if fixed_batch and dims[0].dim_value != 1:
+        raise UnsupportedOpError(
+            f"input {value_info.name!r} has a fixed batch of {dims[0].dim_value}: export it with a "
+            "dynamic batch or a batch of 1"
+        )
+    batch = 1 if fixed_batch else 2
+    example = tuple(d.dim_value for d in dims[1:])
+    if not all(example):
+        raise UnsupportedOpError(
+            f"input {value_info.name!r} has dynamic dimensions {list(dims)[1:]}: a Lipschitz bound "
+            "depends on the input size, export with a fixed size"
+        )
+    return value_info.name, batch, example
+
+
+def _inferred_shapes(model: onnx.ModelProto, name: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Static shape of every tensor whose shape onnx.shape_inference infers with the input fixed."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    del fixed.graph.value_info[:]
+    dims = next(i for i in fixed.graph.input if i.name == name).type.tensor_type.shape.dim
+    for dim, size in zip(dims, shape, strict=True):
+        dim.Clear()
+        dim.dim_value = size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as error:
+        raise VerificationError(f"shape inference failed: {error}") from error
+    shapes = {}
+    for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
+            shapes[info.name] = tuple(d.dim_value for d in tensor.shape.dim)
+    return shapes
+
+
+def _layer_name(node: onnx.NodeProto) -> str:
+    """The source module's path from the torch exporter's name scopes, else the node's name."""
+    for entry in node.metadata_props:
+        if entry.key == NAME_SCOPES_KEY:
+            try:
+                scopes = ast.literal_eval(entry.value)
+            except (ValueError, SyntaxError):
+                break
+            if isinstance(scopes, list) and len(scopes) >= 2 and scopes[-2]:
+                return str(scopes[-2])
+    return node.name or node.output[0]
+
+
+def _node_outputs(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    for name, value in zip(node.input, inputs, strict=True):
+        if isinstance(value, NotLipschitz):
+            raise UnsupportedOpError(f"its input {name!r} is {value.what}, not a Lipschitz function")
+    if not any(isinstance(value, Signal) for value in inputs):
+        return walk.evaluate(node, inputs)
+    rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if rule is None:
+        domain = f"{node.domain}::" if node.domain else ""
+        raise UnsupportedOpError(f"unsupported op {domain}{node.op_type}: no Lipschitz rule")
+    return rule(walk, node, inputs)
+
+
+def graph_bound(model: onnx.ModelProto) -> GraphBound:
+    """Sound per-example bound of the L2 Lipschitz constant of ``model``'s outputs w.r.t. its input.
+
+    Raises:
+        UnsupportedOpError: an op (or op configuration) without a sound rule, naming the node.
+        VerificationError: a graph that cannot be analysed (shapes, batch axis, evaluation).
+    """
+    model = _prepared(model)
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    name, batch, example = _input(graph, constants)
+    tracker = Tracker(batch)
+    walk = _Walk(model, _inferred_shapes(model, name, (batch, *example)), tracker)
+    values: dict[str, Value] = {**constants, name: tracker.source((batch, *example), 1.0)}
+    uses = Counter(i for node in graph.node for i in node.input) + Counter(o.name for o in graph.output)
+    layers = []
+    for node in graph.node:
+        inputs = [values[i] if i else None for i in node.input]
+        try:
+            outputs = _node_outputs(walk, node, inputs)
+        except ValueError as error:  # VerificationError, or a bound engine's refusal
+            kind = type(error) if isinstance(error, VerificationError) else VerificationError
+            raise kind(f"{node.op_type} node {node.name!r} ({_layer_name(node)}): {error}") from error
+        values.update((o, value) for o, value in zip(node.output, outputs, strict=False) if o)
+        first = next((v for v in outputs if isinstance(v, Signal)), None)
+        if first is not None and node.op_type not in REINDEXING:
+            shape = next(v.shape[1:] for v in inputs if isinstance(v, Signal))
+            layers.append(LayerBound(_layer_name(node), node.op_type, tracker.bound(first), shape))
+        for i in filter(None, node.input):
+            uses[i] -= 1
+            if uses[i] == 0:
+                del values[i]
+    results = [values[o.name] for o in graph.output]
+    for output, result in zip(graph.output, results, strict=True):
+        if isinstance(result, NotLipschitz):
+            raise UnsupportedOpError(f"graph output {output.name!r} is {result.what}")
+    signals = [r for r in results if isinstance(r, Signal)]
+    bound = tracker.bound(*signals) if signals else 0.0
+    return GraphBound(bound, tuple(layers), example)

@@ -1,0 +1,281 @@
+"""Sound Lipschitz bounds of the tensors of a computation graph, propagated value by value.
+
+The verifiers of exported artifacts walk a graph op by op and keep, for every tensor that depends on
+the graph input, a :class:`Signal` saying which input-dependent values it is made of. This module
+holds that bookkeeping (:class:`Tracker`) and the bounds that all graph formats share.
+
+Sources and signals
+    A *source* is a tensor made by a rule that knows a sound bound ``L`` of it with respect to the
+    graph input ``x``: ``||S(x) - S(y)|| <= L ||x - y||``. The input itself is a source with
+    ``L = 1``; the output of a convolution of a source is one with ``L = ||conv|| * L_in``. Every value
+    of every source gets its own integer id.
+
+    A :class:`Signal` is an integer array of the tensor's shape: entry ``k`` holds the id of one source
+    value ``s`` with ``out_k = phi_k(s)`` for a 1-Lipschitz scalar map ``phi_k`` (the identity, ReLU,
+    adding a constant...), or ``-1`` when ``out_k`` does not depend on the input. Ops that only move
+    values (reshape, slice, concat, transpose, pad...) are evaluated on these arrays, so they are
+    tracked exactly, copies included, and so is the pairing of values that a MaxMin or GroupSort makes.
+
+    Bound of a signal: if value ``s`` appears ``m_s`` times and ``m_S`` is the largest ``m_s`` over
+    the values of source ``S``, then
+    ``||out(x) - out(y)||^2 <= sum_s m_s |s(x) - s(y)|^2 <= sum_S m_S L_S^2 ||x - y||^2``.
+
+Variants
+    A signal whose ``variant`` is not None is *uniform*: entries holding the same id hold the same
+    value. Sources are; moving values keeps it when all moved signals that hold ids share one
+    variant; a map applied alike to every entry (ReLU, a scalar clamp) makes a new variant; anything
+    else (a concat of a ReLU of ``s`` with ``s`` itself, a per-entry clamp) gives None. A uniform
+    tensor whose index array is a padding of its central part *is* that padding of a vector, which
+    lets a convolution absorb a pad that a graph spells as separate ops (:meth:`Tracker.padding_of`).
+
+Batch
+    Arrays keep the batch axis first, and sources number their values example after example. So
+    :meth:`Tracker.reindexed` refuses any op that moves a value into another example's row: a bound
+    is per example, and holds for every batch size, only when no op mixes the examples of a batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zoo.bounds import conv_bound
+from zoo.certificate import LayerBound
+
+__all__ = [
+    "GraphBound",
+    "Signal",
+    "Tracker",
+    "UnsupportedOpError",
+    "VerificationError",
+    "average_pool_gain",
+    "window_coverage",
+]
+
+
+class VerificationError(ValueError):
+    """An artifact cannot be verified: unreadable, malformed, or outside what can be bounded."""
+
+
+class UnsupportedOpError(VerificationError):
+    """The graph has an op (or an op configuration) with no sound Lipschitz rule."""
+
+
+@dataclass(frozen=True, eq=False)
+class Signal:
+    """An input-dependent tensor: for each entry, the id of the source value it is a 1-Lipschitz
+    function of, or -1 for a constant entry (shape: the tensor's, batch axis first); ``variant`` is
+    not None when entries with the same id hold the same value."""
+
+    index: np.ndarray
+    variant: int | None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.index.shape
+
+
+@dataclass(frozen=True)
+class GraphBound:
+    """The result of bounding a graph.
+
+    Attributes:
+        lipschitz_bound: sound bound, per example, of the L2 Lipschitz constant of the graph's outputs
+            (all of them together) with respect to its input.
+        layers: one entry per op that is not a mere move of values, in execution order; its ``bound``
+            is the bound of the op's output with respect to the graph input (cumulative).
+        input_shape: shape of one input example.
+    """
+
+    lipschitz_bound: float
+    layers: tuple[LayerBound, ...]
+    input_shape: tuple[int, ...]
+
+
+class Tracker:
+    """The sources of one graph walk and the bounds of signals made of them.
+
+    Args:
+        batch: size of the batch axis of every signal (2 for a dynamic batch, so that mixing
+            examples is detected; 1 for a graph fixed to one example).
+    """
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self._starts: list[int] = []
+        self._example_sizes: list[int] = []
+        self._bounds: list[float] = []
+        self._size = 0
+        self._variants = itertools.count()
+        self._groups: dict[tuple[int, ...], tuple[Sequence[Signal], list[Signal]]] = {}
+
+    def source(self, shape: Sequence[int], bound: float) -> Signal:
+        """A new source of ``shape`` (batch first) whose bound with respect to the graph input is
+        ``bound``."""
+        shape = tuple(shape)
+        if not shape or shape[0] != self.batch:
+            raise VerificationError(f"an op changes the batch axis (output shape {shape})")
+        if not math.isfinite(bound):
+            raise VerificationError(f"a bound is not finite ({bound})")
+        count = math.prod(shape)
+        self._starts.append(self._size)
+        self._example_sizes.append(max(1, count // self.batch))
+        self._bounds.append(float(bound))
+        index = np.arange(self._size, self._size + count, dtype=np.int64).reshape(shape)
+        self._size += count
+        return Signal(index, next(self._variants))
+
+    def constant(self, shape: Sequence[int]) -> Signal:
+        """A signal of ``shape`` with no input-dependent entry, for a tensor that a program allocates
+        and then fills with input-dependent values."""
+        return self.reindexed(np.full(tuple(shape), -1, dtype=np.int64), [])
+
+    def _owners(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self._starts), ids, side="right") - 1
+
+    def bound(self, *signals: Signal) -> float:
+        """Sound bound, per example, of the signals taken together (as one concatenated vector)."""
+        ids = np.concatenate([signal.index.ravel() for signal in signals])
+        ids, counts = np.unique(ids[ids >= 0], return_counts=True)
+        worst = np.zeros(len(self._bounds), dtype=np.int64)
+        np.maximum.at(worst, self._owners(ids), counts)
+        return math.sqrt(float(np.dot(worst, np.square(self._bounds))))
+
+    def reindexed(self, index: np.ndarray, moved: Sequence[Signal]) -> Signal:
+        """The signal of an op that only moved the values of the signals ``moved``, given ``index``,
+        the op applied to their index arrays; refuses an op that changes the batch axis or mixes
+        examples."""
+        index = np.array(index, dtype=np.int64)  # a copy: the signal must not change with its origin
+        if index.ndim == 0 or index.shape[0] != self.batch:
+            raise VerificationError(f"an op changes the batch axis (output shape {index.shape})")
+        rows = index.reshape(self.batch, -1)
+        used = rows >= 0
+        ids = rows[used]
+        owners = self._owners(ids)
+        examples = (ids - np.asarray(self._starts)[owners]) // np.asarray(self._example_sizes)[owners]
+        expected = np.broadcast_to(np.arange(self.batch)[:, None], rows.shape)[used]
+        if np.any(examples != expected):
+            raise VerificationError("an op mixes the examples of a batch: the bound would not be per example")
+        variants = {signal.variant for signal in moved if np.any(signal.index >= 0)}
+        if not variants:
+            return Signal(index, next(self._variants))
+        return Signal(index, variants.pop() if len(variants) == 1 else None)
+
+    def broadcast(self, signal: Signal, shape: Sequence[int]) -> Signal:
+        """``signal`` broadcast to ``shape`` (numpy rules): values are copied, which its bound counts."""
+        shape = tuple(shape)
+        return (
+            signal
+            if signal.shape == shape
+            else self.reindexed(np.broadcast_to(signal.index, shape), [signal])
+        )
+
+    def elementwise(self, signal: Signal, factor: float, alike: bool) -> Signal:
+        """An elementwise map of ``signal`` whose scalar maps are ``factor``-Lipschitz, the same map
+        for every entry when ``alike``: the same ids when ``factor`` is 1 (so pairings survive a
+        ReLU), else a source bounded by ``factor`` times the signal's bound."""
+        if factor != 1:
+            return self.source(signal.shape, factor * self.bound(signal))
+        uniform = alike and signal.variant is not None
+        return Signal(signal.index, next(self._variants) if uniform else None)
+
+    def transformed(self, signal: Signal, gain: float, shape: Sequence[int]) -> Signal:
+        """The output, of ``shape``, of a ``gain``-Lipschitz map of the whole tensor ``signal``."""
+        return self.source(shape, gain * self.bound(signal))
+
+    def summed(self, terms: Sequence[Signal]) -> Signal:
+        """The sum of same-shape terms, bounded by the smaller of the triangle inequality (the sum of
+        their bounds) and Cauchy-Schwarz (``sqrt(len(terms))`` times their joint bound)."""
+        triangle = sum(self.bound(term) for term in terms)
+        return self.source(terms[0].shape, min(triangle, math.sqrt(len(terms)) * self.bound(*terms)))
+
+    def sorted_group(self, operands: Sequence[Signal]) -> list[Signal]:
+        """Ranks of same-shape operands sorted value by value: ``ranks[r][k]`` is the r-th smallest of
+        ``operands[i][k]`` over i (so Max is the last rank, Min the first).
+
+        Sorting each group of values is 1-Lipschitz (``||sort(u) - sort(v)|| <= ||u - v||``), so all
+        ranks together are a source bounded by the operands' joint bound. The group is cached for
+        this set of operand objects (kept alive with it): a Max and a Min of the same operands share
+        it, so together (MaxMin, GroupSort2) they cost no more than the operands themselves.
+        """
+        key = tuple(sorted(id(operand) for operand in operands))
+        if key not in self._groups:
+            first = operands[0].shape
+            stacked = self.source((first[0], len(operands), *first[1:]), self.bound(*operands))
+            ranks = [Signal(stacked.index[:, rank], stacked.variant) for rank in range(len(operands))]
+            self._groups[key] = (operands, ranks)
+        return self._groups[key][1]
+
+    def padding_of(self, signal: Signal, kernel: Sequence[int]) -> tuple[Signal, tuple[int, ...], str] | None:
+        """How ``signal`` (N, C, *spatial) is a padding of its central part, if it is one.
+
+        Returns (central part, padding per spatial axis, torch padding mode) when ``signal`` is
+        uniform and its index array equals the zero ('zeros': constant entries), 'circular',
+        'reflect' or 'replicate' padding of its central part, for a symmetric padding of at most
+        ``kernel - 1`` per axis (the largest that matches); None otherwise. Then the tensor is that
+        padding of the central part's values, up to constants, and a convolution reading it is one
+        convolution with that padding mode.
+        """
+        if signal.variant is None:
+            return None
+        index = torch.from_numpy(signal.index).double()
+        spatial = signal.shape[2:]
+        ranges = [range(min(k - 1, (n - 1) // 2), -1, -1) for n, k in zip(spatial, kernel, strict=True)]
+        for pads in itertools.product(*ranges):
+            if not any(pads):
+                continue
+            center = index[(..., *(slice(p, n - p) for p, n in zip(pads, spatial, strict=True)))]
+            torch_pads = [p for p in reversed(pads) for _ in range(2)]
+            for mode in _PADDING_MODES:
+                padded = _padded(center, torch_pads, mode)
+                if padded is not None and torch.equal(padded, index):
+                    return self.reindexed(center.numpy(), [signal]), pads, mode
+        return None
+
+
+_PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+
+
+def _padded(index: torch.Tensor, pads: list[int], mode: str) -> torch.Tensor | None:
+    """``index`` padded like torch pads a convolution's input (-1 marks zero padding), or None when
+    the mode does not allow that padding (reflect needs pads smaller than the size)."""
+    try:
+        if mode == "zeros":
+            return F.pad(index, pads, mode="constant", value=-1.0)
+        return F.pad(index, pads, mode=mode)
+    except (RuntimeError, ValueError, NotImplementedError):
+        return None
+
+
+def window_coverage(size: int, out_size: int, kernel: int, stride: int, dilation: int, pad: int) -> int:
+    """Largest number of pooling windows, along one axis, that contain one input position.
+
+    Window ``o`` reads positions ``o * stride - pad + dilation * j`` for ``j < kernel``; positions
+    outside ``[0, size)`` are padding.
+    """
+    taps = (np.arange(out_size)[:, None] * stride - pad + dilation * np.arange(kernel)[None, :]).ravel()
+    taps = taps[(taps >= 0) & (taps < size)]
+    return int(np.bincount(taps, minlength=size).max()) if taps.size else 0
+
+
+def average_pool_gain(
+    kernel: Sequence[int],
+    *,
+    input_size: Sequence[int],
+    stride: Sequence[int],
+    padding: int | Sequence[int],
+    dilation: Sequence[int],
+) -> float:
+    """Sound operator norm of an average pool (zero padding counted in the average): each channel is
+    convolved with the same constant kernel ``1 / prod(kernel)``, a block-diagonal operator whose norm
+    is that of one channel's convolution."""
+    weight = torch.full((1, 1, *kernel), 1.0 / math.prod(kernel), dtype=torch.float64)
+    return conv_bound(
+        weight, input_size=tuple(input_size), stride=tuple(stride), padding=padding, dilation=tuple(dilation)
+    )

@@ -1,0 +1,569 @@
+"""Sound Lipschitz bound of a TorchScript module or a torch.export program, from the artifact alone.
+
+The artifact's own program runs once, with its own weights, on a batch whose values are tracked (see
+:mod:`export.propagation`): the input is a :class:`_Tracked` tensor, a tensor subclass that carries a
+Signal and its index array instead of values. Every aten op the program applies to a tracked tensor
+reaches ``__torch_dispatch__``:
+
+* ops that only move values (:data:`REINDEXING`: views, concatenation, padding...) run on the index
+  arrays themselves, as torch views of each other, so that an in-place ``copy_`` into a view (how
+  torch pads circularly) is tracked like any move;
+* every other op needs a rule in :data:`RULES`, whose docstring's first line says why it is sound;
+  an op without one is an :class:`UnsupportedOpError` naming it, never skipped.
+
+Ops on constants only run as usual. TorchScript and .pt2 programs both run through the dispatcher,
+so one set of rules serves both; composite ops (``linear``, ``pad``, ``batch_norm``...) arrive
+decomposed into the aten ops listed here. What is bounded is the path the program takes: a program
+whose control flow reads input values is refused (reading a tracked value has no rule), and so is an
+op that merges the batch axis with another (a Linear on 3-D inputs, for one). Layers are named by
+their position in the program: a dispatched op does not know its module.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_leaves, tree_map
+
+from export.propagation import (
+    GraphBound,
+    Signal,
+    Tracker,
+    UnsupportedOpError,
+    VerificationError,
+    average_pool_gain,
+    window_coverage,
+)
+from zoo.bounds import conv_bound, matrix_norm_bound
+from zoo.certificate import LayerBound
+
+__all__ = ["REINDEXING", "RULES", "program_bound"]
+
+REINDEXING = frozenset(
+    {
+        "alias",
+        "cat",
+        "chunk",
+        "clone",
+        "constant_pad_nd",
+        "contiguous",
+        "detach",
+        "expand",
+        "flip",
+        "index_select",
+        "narrow",
+        "permute",
+        "pixel_shuffle",
+        "pixel_unshuffle",
+        "reflection_pad1d",
+        "reflection_pad2d",
+        "repeat",
+        "replication_pad1d",
+        "replication_pad2d",
+        "reshape",
+        "select",
+        "slice",
+        "split",
+        "split_with_sizes",
+        "squeeze",
+        "stack",
+        "t",
+        "transpose",
+        "unbind",
+        "unsqueeze",
+        "view",
+        "_unsafe_view",
+    }
+)
+"""aten ops whose every output value is a copy of an input value or a constant."""
+
+_ACTIVE: contextvars.ContextVar[_Run] = contextvars.ContextVar("lipschitz_run")
+
+
+class _Tracked(torch.Tensor):
+    """A tensor of the running program whose values depend on the input.
+
+    ``signal`` says how (None when they have no bound: ``unusable`` says why), and ``index`` holds
+    the signal's index array as a torch tensor, which views of this tensor share.
+    """
+
+    index: torch.Tensor
+    signal: Signal | None
+    unusable: str | None
+
+    @staticmethod
+    def __new__(cls, index: torch.Tensor, dtype: torch.dtype, signal: Signal | None, unusable: str | None):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, index.shape, strides=index.stride(), storage_offset=index.storage_offset(), dtype=dtype
+        )
+
+    def __init__(self, index: torch.Tensor, dtype: torch.dtype, signal: Signal | None, unusable: str | None):
+        self.index, self.signal, self.unusable = index, signal, unusable
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return _ACTIVE.get().call(func, args, kwargs or {})
+
+
+Rule = Callable[["_Run", torch._ops.OpOverload, dict[str, Any]], Any]
+
+
+def _op_name(func: torch._ops.OpOverload) -> str:
+    """The op's name without its overload and without the trailing ``_`` of an in-place variant."""
+    return func.overloadpacket.__name__.removesuffix("_")
+
+
+def _arguments(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The op's arguments by name (from its schema), defaults filled in."""
+    values = {}
+    for position, argument in enumerate(func._schema.arguments):
+        if position < len(args):
+            values[argument.name] = args[position]
+        elif argument.name in kwargs:
+            values[argument.name] = kwargs[argument.name]
+        elif argument.has_default_value():
+            values[argument.name] = argument.default_value
+    return values
+
+
+def _invoke(func: torch._ops.OpOverload, a: dict[str, Any], convert: Callable[[Any], Any]) -> Any:
+    """Call ``func`` with the named arguments ``a``, each passed through ``convert``."""
+    args, kwargs = [], {}
+    for argument in func._schema.arguments:
+        if argument.name in a:
+            value = tree_map(convert, a[argument.name])
+            if argument.kwarg_only:
+                kwargs[argument.name] = value
+            else:
+                args.append(value)
+    return func(*args, **kwargs)
+
+
+def _signal(value: Any, what: str = "input") -> Signal:
+    if not isinstance(value, _Tracked):
+        raise UnsupportedOpError(f"its {what} must depend on the graph input")
+    return value.signal
+
+
+def _constant(value: Any, what: str) -> Any:
+    if isinstance(value, _Tracked):
+        raise UnsupportedOpError(f"its {what} depends on the graph input")
+    return value
+
+
+def _largest_abs(value: Any) -> float:
+    return float(value.detach().abs().max()) if isinstance(value, torch.Tensor) else abs(float(value))
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, torch.Tensor) or value.numel() == 1
+
+
+class _Run:
+    """One run of a program on a tracked input: the tracker, the layers met, the first error."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.layers: list[LayerBound] = []
+        self.error: VerificationError | None = None
+        self._tracked: list[weakref.ref[_Tracked]] = []
+
+    def wrap(self, signal: Signal, dtype: torch.dtype, index: torch.Tensor | None = None) -> _Tracked:
+        """A tracked tensor for ``signal`` (``index``: its index array as a view of another one)."""
+        index = torch.tensor(signal.index) if index is None else index
+        tracked = _Tracked(index, dtype, signal, None)
+        self._tracked.append(weakref.ref(tracked))
+        return tracked
+
+    def shadow(self, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+        """``func`` run on zeros in place of the tracked tensors: the shapes of its outputs."""
+
+        def zeros(value: Any) -> Any:
+            return torch.zeros(value.shape, dtype=value.dtype) if isinstance(value, _Tracked) else value
+
+        return _invoke(func, a, zeros)
+
+    def call(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+        name = func.overloadpacket.__name__
+        try:
+            for value in tree_leaves((args, kwargs)):
+                if isinstance(value, _Tracked) and value.signal is None:
+                    raise UnsupportedOpError(
+                        f"it uses {value.unusable}, not a Lipschitz function of the input"
+                    )
+            if name in REINDEXING:
+                return self.reindex(func, args, kwargs)
+            if name == "copy_":
+                return _copy(self, _arguments(func, args, kwargs))
+            if _op_name(func) not in RULES:  # relu_ and the like use the rule of relu
+                raise UnsupportedOpError(f"unsupported op aten.{name}: no Lipschitz rule")
+            outputs = self.apply(func, args, kwargs)
+            in_place = name != _op_name(func)  # then move the result into self
+            return _copy(self, {"self": args[0], "src": outputs}) if in_place else outputs
+        except ValueError as error:  # VerificationError, or a bound engine's refusal
+            kind = type(error) if isinstance(error, VerificationError) else VerificationError
+            self.error = self.error or kind(f"aten.{name} (op {len(self.layers)}): {error}")
+            raise self.error from error
+
+    def apply(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+        """Apply the rule of ``func`` and record its first tracked output as a layer."""
+        name = _op_name(func)
+        outputs = RULES[name](self, func, _arguments(func, args, kwargs))
+        first = next((o for o in tree_leaves(outputs) if isinstance(o, _Tracked) and o.signal), None)
+        inputs = [value for value in tree_leaves((args, kwargs)) if isinstance(value, _Tracked)]
+        if first is not None and name not in ("new_empty", "new_zeros"):
+            bound = self.tracker.bound(first.signal)
+            self.layers.append(
+                LayerBound(str(len(self.layers)), f"aten.{name}", bound, tuple(inputs[0].shape[1:]))
+            )
+        return outputs
+
+    def reindex(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+        """Moves values only: run on the index arrays (constant values marked -1), so exact."""
+
+        def as_index(value: Any) -> Any:
+            if isinstance(value, _Tracked):
+                return value.index
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                return torch.full(value.shape, -1, dtype=torch.int64)
+            return value
+
+        a = _arguments(func, args, kwargs)
+        if _op_name(func) == "constant_pad_nd":
+            a["value"] = -1
+        tracked_inputs = [value for value in tree_leaves(a) if isinstance(value, _Tracked)]
+        moved, dtype = [value.signal for value in tracked_inputs], tracked_inputs[0].dtype
+        outputs = _invoke(func, a, as_index)
+
+        def tracked(index: Any) -> Any:
+            if not isinstance(index, torch.Tensor):
+                return index
+            return self.wrap(self.tracker.reindexed(index.numpy(), moved), dtype, index)
+
+        return tree_map(tracked, outputs)
+
+    def aliases(self, index: torch.Tensor) -> list[_Tracked]:
+        """The live tracked tensors whose index arrays share ``index``'s memory."""
+        storage = index.untyped_storage().data_ptr()
+        alive = [ref() for ref in self._tracked]
+        return [t for t in alive if t is not None and t.index.untyped_storage().data_ptr() == storage]
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+def _copy(run: _Run, a: dict[str, Any]) -> Any:
+    """copy_ (and in-place ops) move values into a tracked tensor, through torch's views of the index
+    arrays; every tracked tensor sharing that memory is re-checked, and is uniform only if its old
+    values (unless all overwritten: same view) and the moved ones share a variant."""
+    destination, source = a["self"], a["src"]
+    if not isinstance(destination, _Tracked):
+        raise UnsupportedOpError("it writes input-dependent values into a constant tensor")
+    moved = [source.signal] if isinstance(source, _Tracked) else []
+    values = source.index if isinstance(source, _Tracked) else torch.full(source.shape, -1, dtype=torch.int64)
+
+    def geometry(index: torch.Tensor) -> tuple:
+        return index.shape, index.stride(), index.storage_offset()
+
+    aliases = [(alias, alias.signal) for alias in run.aliases(destination.index)]
+    destination.index.copy_(values)
+    for alias, before in aliases:
+        overwritten = geometry(alias.index) == geometry(destination.index)
+        alias.signal = run.tracker.reindexed(alias.index.numpy(), moved if overwritten else [before, *moved])
+    return destination
+
+
+def _allocation(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """new_empty / new_zeros allocate a tensor that does not depend on the input (then filled by
+    copy_): all its entries are constants."""
+    shape = tuple(a["size"])
+    if not shape or shape[0] != run.tracker.batch:
+        return run.shadow(func, a)
+    return run.wrap(run.tracker.constant(shape), a.get("dtype") or a["self"].dtype)
+
+
+def _conv(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """convolution is linear with operator norm at most conv_bound (bias excluded); a padding spelled
+    as separate ops before it is absorbed (Tracker.padding_of)."""
+    x, weight = a["input"], _constant(a["weight"], "weight")
+    _constant(a["bias"], "bias")
+    if a["transposed"]:
+        raise UnsupportedOpError("transposed convolutions are not supported")
+    padding, mode = tuple(a["padding"]), "zeros"
+    source = _signal(x)
+    padded = None if any(padding) else run.tracker.padding_of(source, weight.shape[2:])
+    if padded is not None:
+        source, padding, mode = padded
+    gain = conv_bound(
+        weight,
+        input_size=source.shape[2:],
+        stride=tuple(a["stride"]),
+        padding=padding,
+        dilation=tuple(a["dilation"]),
+        groups=a["groups"],
+        padding_mode=mode,
+    )
+    return run.wrap(run.tracker.transformed(source, gain, run.shadow(func, a).shape), x.dtype)
+
+
+def _matrix_product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """addmm / mm with the data as mat1 (one row per example) and constant mat2, bias: x -> beta b +
+    alpha x W has norm |alpha| ||W||."""
+    x, bias = (a["mat1"], a["self"]) if "mat1" in a else (a["self"], None)
+    _constant(bias, "bias")
+    matrix = _constant(a["mat2"], "matrix")
+    gain = abs(a.get("alpha", 1)) * matrix_norm_bound(matrix.T)
+    shape = (x.shape[0], matrix.shape[1])
+    return run.wrap(run.tracker.transformed(_signal(x, "first matrix"), gain, shape), x.dtype)
+
+
+_SCALAR_MAPS: dict[str, Callable[[dict[str, Any]], float]] = {
+    "relu": lambda a: 1.0,
+    "abs": lambda a: 1.0,
+    "neg": lambda a: 1.0,
+    "tanh": lambda a: 1.0,
+    "hardtanh": lambda a: 1.0,
+    "clamp": lambda a: 1.0,
+    "clamp_min": lambda a: 1.0,
+    "clamp_max": lambda a: 1.0,
+    "leaky_relu": lambda a: max(1.0, abs(float(a["negative_slope"]))),
+    "sigmoid": lambda a: 0.25,
+}
+
+
+def _elementwise(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """Each output value is a scalar function of one input value with Lipschitz constant 1 (relu, abs,
+    neg, tanh, clamps), max(1, |slope|) (leaky_relu) or 1/4 (sigmoid)."""
+    x = a["self"]
+    bounds = [_constant(a[k], "bound") for k in ("min", "max", "min_val", "max_val") if k in a]
+    alike = all(_is_scalar(bound) for bound in bounds if bound is not None)
+    factor = _SCALAR_MAPS[_op_name(func)](a)
+    return run.wrap(run.tracker.elementwise(_signal(x), factor, alike), x.dtype)
+
+
+def _sum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """add / sub / rsub (x + alpha y, x - alpha y, y - alpha x): a constant term only translates;
+    input-dependent terms, scaled by |alpha| where it applies, are summed (Tracker.summed)."""
+    alpha = abs(float(a.get("alpha", 1)))
+    scaled = "other" if _op_name(func) != "rsub" else "self"
+    shape = run.shadow(func, a).shape
+    dtype = next(v.dtype for v in (a["self"], a["other"]) if isinstance(v, _Tracked))
+    terms, constants = [], []
+    for key in ("self", "other"):
+        value = a[key]
+        if not isinstance(value, _Tracked):
+            constants.append(value)
+            continue
+        signal = run.tracker.broadcast(value.signal, shape)
+        terms.append(run.tracker.elementwise(signal, alpha if key == scaled else 1.0, alike=True))
+    if len(terms) > 1:
+        return run.wrap(run.tracker.summed(terms), dtype)
+    alike = all(_is_scalar(value) for value in constants)
+    return run.wrap(run.tracker.elementwise(terms[0], 1.0, alike), dtype)
+
+
+def _product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """mul / div by a constant c: value k is multiplied by c_k, so the map is max |c|-Lipschitz (exact
+    for a scalar); products and quotients of input-dependent tensors are not globally Lipschitz."""
+    x, other = a["self"], a["other"]
+    if isinstance(x, _Tracked) and isinstance(other, _Tracked):
+        raise UnsupportedOpError("a product of two input-dependent tensors is not globally Lipschitz")
+    if _op_name(func) == "div" and (isinstance(other, _Tracked) or a.get("rounding_mode")):
+        raise UnsupportedOpError(
+            "a division by an input-dependent tensor, or a rounded one, is not Lipschitz"
+        )
+    data, constant = (x, other) if isinstance(x, _Tracked) else (other, x)
+    factor = _largest_abs(constant)
+    if _op_name(func) == "div":
+        smallest = float(constant.abs().min()) if isinstance(constant, torch.Tensor) else abs(float(constant))
+        factor = math.inf if smallest == 0 else 1 / smallest
+    if not math.isfinite(factor):
+        raise UnsupportedOpError("it divides by zero")
+    signal = run.tracker.broadcast(data.signal, run.shadow(func, a).shape)
+    return run.wrap(run.tracker.elementwise(signal, factor, alike=_is_scalar(constant)), data.dtype)
+
+
+def _extremum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """maximum / minimum of two input-dependent tensors is the top / bottom rank of each sorted pair
+    (Tracker.sorted_group: a sort is 1-Lipschitz); with a constant, only a clamp (1-Lipschitz)."""
+    x, other = a["self"], a["other"]
+    shape = run.shadow(func, a).shape
+    operands = [run.tracker.broadcast(v.signal, shape) for v in (x, other) if isinstance(v, _Tracked)]
+    dtype = next(v.dtype for v in (x, other) if isinstance(v, _Tracked))
+    if len(operands) == 1:
+        constant = other if isinstance(x, _Tracked) else x
+        return run.wrap(run.tracker.elementwise(operands[0], 1.0, alike=_is_scalar(constant)), dtype)
+    ranks = run.tracker.sorted_group(operands)
+    return run.wrap(ranks[-1] if _op_name(func) == "maximum" else ranks[0], dtype)
+
+
+def _sorted(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """sort / topk values: each line's values sorted (some of them): a sort is 1-Lipschitz and so is
+    keeping some of its values; the indices are not a Lipschitz function of the input."""
+    x = a["self"]
+    if a.get("dim", -1) % x.dim() == 0:
+        raise UnsupportedOpError("it sorts along the batch axis")
+    values, indices = run.shadow(func, a)
+    tracked = run.wrap(run.tracker.transformed(_signal(x), 1.0, values.shape), x.dtype)
+    unusable = _Tracked(indices, indices.dtype, None, f"the indices of aten.{_op_name(func)}")
+    return tracked, unusable
+
+
+def _spatial(x: _Tracked, values: Sequence[int]) -> tuple[int, ...]:
+    """A per-spatial-axis argument, an int or a list of them (torch's pooling arguments)."""
+    values = list(values) if isinstance(values, Sequence) else [values]
+    return tuple(values * (x.dim() - 2) if len(values) == 1 else values)
+
+
+def _average_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """avg_pool is a depthwise convolution with the constant kernel 1 / prod(kernel), bounded by
+    conv_bound (average_pool_gain); adaptive pools whose windows tile the input are such pools."""
+    x = a["self"]
+    spatial = tuple(x.shape[2:])
+    if "output_size" in a:
+        out = _spatial(x, a["output_size"])
+        if any(n % o for n, o in zip(spatial, out, strict=True)):
+            raise UnsupportedOpError("adaptive windows that do not tile the input are not supported")
+        kernel = stride = tuple(n // o for n, o in zip(spatial, out, strict=True))
+        padding = (0,) * len(spatial)
+    else:
+        kernel = _spatial(x, a["kernel_size"])
+        stride = _spatial(x, a["stride"] or kernel)
+        padding = _spatial(x, a["padding"])
+        if a.get("divisor_override") not in (None, math.prod(kernel)):
+            raise UnsupportedOpError("divisor_override is not supported")
+        if any(padding) and not a["count_include_pad"]:
+            raise UnsupportedOpError(
+                "count_include_pad=False with padding divides border windows differently"
+            )
+    shape = run.shadow(func, a).shape
+    floor = tuple(
+        (n + 2 * p - k) // s + 1 for n, p, k, s in zip(spatial, padding, kernel, stride, strict=True)
+    )
+    if tuple(shape[2:]) != floor:
+        raise UnsupportedOpError("ceil_mode=True adds partial windows")
+    dilation = (1,) * len(spatial)
+    gain = average_pool_gain(kernel, input_size=spatial, stride=stride, padding=padding, dilation=dilation)
+    return run.wrap(run.tracker.transformed(_signal(x), gain, shape), x.dtype)
+
+
+def _max_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """max_pool: each output moves by at most the L2 norm of its window's change, so the gain is sqrt
+    of the largest number of windows covering one pixel; the indices are not Lipschitz."""
+    x = a["self"]
+    kernel = _spatial(x, a["kernel_size"])
+    stride = _spatial(x, a["stride"] or kernel)
+    padding, dilation = _spatial(x, a["padding"]), _spatial(x, a["dilation"])
+    outputs = run.shadow(func, a)
+    values = outputs[0] if isinstance(outputs, tuple) else outputs
+    coverage = math.prod(
+        window_coverage(n, out, k, s, d, p)
+        for n, out, k, s, d, p in zip(
+            x.shape[2:], values.shape[2:], kernel, stride, dilation, padding, strict=True
+        )
+    )
+    tracked = run.wrap(run.tracker.transformed(_signal(x), math.sqrt(coverage), values.shape), x.dtype)
+    if not isinstance(outputs, tuple):
+        return tracked
+    return tracked, _Tracked(outputs[1], outputs[1].dtype, None, "the indices of aten.max_pool")
+
+
+_REDUCE_GAINS: dict[str, Callable[[int], float]] = {
+    "mean": lambda n: 1 / math.sqrt(n),
+    "sum": math.sqrt,
+    "amax": lambda n: 1.0,
+    "amin": lambda n: 1.0,
+}
+
+
+def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """mean / sum / amax / amin over dims (never the batch axis) combine disjoint groups of n values:
+    |mean| <= ||group|| / sqrt(n), |sum| <= sqrt(n) ||group||, |max|, |min| <= ||group|| (in
+    differences)."""
+    x = a["self"]
+    dims = a.get("dim") or list(range(x.dim()))
+    dims = [d % x.dim() for d in ([dims] if isinstance(dims, int) else dims)]
+    if 0 in dims:
+        raise UnsupportedOpError("it reduces over the batch axis")
+    gain = _REDUCE_GAINS[_op_name(func)](math.prod(x.shape[d] for d in dims))
+    return run.wrap(run.tracker.transformed(_signal(x), gain, run.shadow(func, a).shape), x.dtype)
+
+
+def _batch_norm(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """Inference batch norm is y = x * w / sqrt(var + eps) + shift per channel: an elementwise map
+    with Lipschitz constant max |w / sqrt(var + eps)|."""
+    x = a["input"]
+    if a.get("training"):
+        raise UnsupportedOpError("training-mode batch norm depends on the whole batch")
+    weight, variance = _constant(a["weight"], "weight"), _constant(a["running_var"], "statistics")
+    factors = torch.rsqrt(variance.double() + a["eps"])
+    if weight is not None:
+        factors = factors * weight.double().abs()
+    _, *statistics = run.shadow(func, a)
+    signal = run.tracker.elementwise(_signal(x), float(factors.max()), alike=False)
+    return run.wrap(signal, x.dtype), *statistics
+
+
+RULES: dict[str, Rule] = {
+    **dict.fromkeys(("new_empty", "new_zeros"), _allocation),
+    **dict.fromkeys(("convolution", "_convolution"), _conv),
+    **dict.fromkeys(("addmm", "mm"), _matrix_product),
+    **dict.fromkeys(_SCALAR_MAPS, _elementwise),
+    **dict.fromkeys(("add", "sub", "rsub"), _sum),
+    **dict.fromkeys(("mul", "div"), _product),
+    **dict.fromkeys(("maximum", "minimum"), _extremum),
+    **dict.fromkeys(("sort", "topk"), _sorted),
+    **dict.fromkeys(
+        ("avg_pool1d", "avg_pool2d", "_adaptive_avg_pool2d", "adaptive_avg_pool2d"), _average_pool
+    ),
+    **dict.fromkeys(
+        ("max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices"), _max_pool
+    ),
+    **dict.fromkeys(_REDUCE_GAINS, _reduce),
+    **dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit_no_training"), _batch_norm),
+}
+"""aten op name (overload packet) -> rule returning the op's outputs."""
+
+
+def program_bound(
+    program: Callable[[torch.Tensor], Any], input_shape: Sequence[int], batch: int, dtype: torch.dtype
+) -> GraphBound:
+    """Sound per-example bound of the L2 Lipschitz constant of ``program``'s outputs w.r.t. its input.
+
+    Args:
+        program: a TorchScript module or a torch.export program's ``module()``, taking one tensor.
+        input_shape: shape of one input example.
+        batch: 2 when the program takes any batch size (so that mixing examples is caught), else 1.
+        dtype: dtype of the input.
+
+    Raises:
+        UnsupportedOpError: an op (or op configuration) without a sound rule, naming it.
+        VerificationError: a program that cannot be bounded (batch axis, a failure on the input).
+    """
+    tracker = Tracker(batch)
+    run = _Run(tracker)
+    token = _ACTIVE.set(run)
+    try:
+        with torch.no_grad():
+            outputs = program(run.wrap(tracker.source((batch, *input_shape), 1.0), dtype))
+    except Exception as error:  # the TorchScript interpreter re-raises a rule's error as its own
+        if run.error is not None:
+            raise run.error from None
+        raise VerificationError(f"the program failed on a tracked input: {error}") from error
+    finally:
+        _ACTIVE.reset(token)
+    signals = []
+    for output in tree_leaves(outputs):
+        if isinstance(output, _Tracked):
+            if output.signal is None:
+                raise UnsupportedOpError(f"an output is {output.unusable}")
+            signals.append(output.signal)
+    bound = tracker.bound(*signals) if signals else 0.0
+    return GraphBound(bound, tuple(run.layers), tuple(input_shape))

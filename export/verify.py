@@ -1,0 +1,250 @@
+"""``zoo verify``: the deployed file certifies itself.
+
+The Lipschitz bound of an artifact is recomputed from the file alone (its graph and its weights, no
+PyTorch model and no trust in the embedded numbers) and compared with the certificate embedded in it:
+
+* ONNX (``.onnx``): the graph is walked op by op (:mod:`export.onnx_graph`).
+* TorchScript (``.pt``, e.g. ``model.ts.pt``) and torch.export (``.pt2``): the file's program runs once
+  on a tracked input and every aten op it executes is bounded (:mod:`export.torch_graph`). A
+  TorchScript file does not record its input shape: it is taken from the embedded certificate.
+
+The report is ``ok`` when the recomputed bound is at most the embedded ``lipschitz_bound`` times
+``1 + BOUND_TOLERANCE`` and the certificate's input shape is the graph's. Both sides are computed by
+the same bound engine from the same float32 weights (and for the zoo's ops by the same calls), so
+they agree to rounding (about 1e-15 relative); the tolerance only absorbs a different order of the
+multiplications, and is far below what tampering with a weight changes. A file without a certificate
+is reported with its bound and ``embedded = None``: nothing is claimed, so nothing is violated.
+A malformed certificate, an unreadable file or an unsupported op is an error
+(:class:`~export.propagation.VerificationError`), never a report.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from google.protobuf.message import DecodeError
+
+from export.onnx_graph import graph_bound
+from export.propagation import GraphBound, UnsupportedOpError, VerificationError
+from export.torch_graph import program_bound
+from export.writers import CERTIFICATE_KEY
+from zoo.certificate import Certificate, LayerBound
+
+__all__ = [
+    "BOUND_TOLERANCE",
+    "UnsupportedOpError",
+    "VerificationError",
+    "VerificationReport",
+    "verify_artifact",
+    "verify_onnx",
+    "verify_pt2",
+    "verify_torchscript",
+]
+
+BOUND_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """What ``zoo verify`` found in one artifact.
+
+    Attributes:
+        artifact: path of the file.
+        format: ``'onnx'``, ``'torchscript'`` or ``'pt2'``.
+        lipschitz_bound: the sound bound recomputed from the file.
+        input_shape: shape of one input example of the file's graph.
+        layers: per-node bounds of the file's graph (cumulative: each is the bound of the node's
+            output with respect to the graph input).
+        embedded: the certificate embedded in the file, or None.
+        problems: why the file does not satisfy its certificate (empty when it does).
+    """
+
+    artifact: str
+    format: str
+    lipschitz_bound: float
+    input_shape: tuple[int, ...]
+    layers: tuple[LayerBound, ...]
+    embedded: Certificate | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``zoo verify --json``."""
+        return {
+            "artifact": self.artifact,
+            "format": self.format,
+            "lipschitz_bound": self.lipschitz_bound,
+            "input_shape": list(self.input_shape),
+            "layers": [
+                {
+                    "name": layer.name,
+                    "op": layer.op,
+                    "bound": layer.bound,
+                    "input_shape": list(layer.input_shape),
+                }
+                for layer in self.layers
+            ],
+            "embedded": None if self.embedded is None else self.embedded.to_dict(),
+            "ok": self.ok,
+            "problems": list(self.problems),
+        }
+
+
+def _problems(computed: GraphBound, embedded: Certificate | None) -> tuple[str, ...]:
+    if embedded is None:
+        return ()
+    problems = []
+    if computed.lipschitz_bound > embedded.lipschitz_bound * (1 + BOUND_TOLERANCE):
+        problems.append(
+            f"the file's graph has a Lipschitz bound of {computed.lipschitz_bound:.9g}, above the "
+            f"{embedded.lipschitz_bound:.9g} its certificate claims"
+        )
+    if tuple(embedded.input_shape) != computed.input_shape:
+        problems.append(
+            f"the certificate is for inputs of shape {tuple(embedded.input_shape)}, the graph takes "
+            f"{computed.input_shape}"
+        )
+    return tuple(problems)
+
+
+def _parse_certificate(text: str, path: Path) -> Certificate:
+    try:
+        return Certificate.from_json(text)
+    except ValueError as error:
+        raise VerificationError(f"{path}: the embedded certificate is malformed: {error}") from error
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise VerificationError(f"{path}: no such file")
+    return path
+
+
+def _report(
+    path: Path, fmt: str, embedded: Certificate | None, compute: Callable[[], GraphBound]
+) -> VerificationReport:
+    """Run ``compute`` (errors name the file) and compare its bound with ``embedded``."""
+    try:
+        computed = compute()
+    except VerificationError as error:
+        raise type(error)(f"{path}: {error}") from error
+    return VerificationReport(
+        artifact=str(path),
+        format=fmt,
+        lipschitz_bound=computed.lipschitz_bound,
+        input_shape=computed.input_shape,
+        layers=computed.layers,
+        embedded=embedded,
+        problems=_problems(computed, embedded),
+    )
+
+
+def verify_onnx(path: str | os.PathLike) -> VerificationReport:
+    """Recompute the bound of the ONNX file at ``path`` from its graph and initializers and compare
+    it with the certificate in its ``metadata_props``.
+
+    Raises:
+        VerificationError: unreadable or invalid file, malformed certificate, or a graph that cannot
+            be bounded (:class:`UnsupportedOpError` for an op without a rule, naming it).
+    """
+    path = _existing(path)
+    try:
+        model = onnx.load(os.fspath(path))
+        onnx.checker.check_model(model)
+    except (DecodeError, onnx.checker.ValidationError, OSError, ValueError) as error:
+        raise VerificationError(f"{path}: not a readable ONNX file ({error})") from error
+    texts = [entry.value for entry in model.metadata_props if entry.key == CERTIFICATE_KEY]
+    if len(texts) > 1:
+        raise VerificationError(f"{path}: {len(texts)} certificates are embedded, expected one")
+    embedded = _parse_certificate(texts[0], path) if texts else None
+    return _report(path, "onnx", embedded, functools.partial(graph_bound, model))
+
+
+def verify_torchscript(path: str | os.PathLike) -> VerificationReport:
+    """Recompute the bound of the TorchScript file at ``path`` by running its program on a tracked
+    input of the shape its embedded certificate (in ``_extra_files``) states, and compare.
+
+    Raises:
+        VerificationError: unreadable file, missing or malformed certificate, or a program that
+            cannot be bounded (:class:`UnsupportedOpError` naming the aten op).
+    """
+    path = _existing(path)
+    extra = {CERTIFICATE_KEY: ""}
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated: torch.jit.load warns
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError, OSError) as error:
+        raise VerificationError(f"{path}: not a readable TorchScript file ({error})") from error
+    if not extra[CERTIFICATE_KEY]:
+        raise VerificationError(
+            f"{path}: no embedded certificate, and a TorchScript file does not record the input shape "
+            "its bound depends on"
+        )
+    embedded = _parse_certificate(extra[CERTIFICATE_KEY], path)
+    compute = functools.partial(
+        program_bound, module.eval(), embedded.input_shape, batch=2, dtype=torch.float32
+    )
+    return _report(path, "torchscript", embedded, compute)
+
+
+def verify_pt2(path: str | os.PathLike) -> VerificationReport:
+    """Recompute the bound of the torch.export file at ``path`` by running its program on a tracked
+    input of the shape its graph records, and compare with the certificate in its ``extra_files``.
+
+    Raises:
+        VerificationError: as :func:`verify_torchscript`, and for a program with several inputs or
+            a fixed batch larger than 1.
+    """
+    path = _existing(path)
+    extra = {CERTIFICATE_KEY: ""}
+    try:
+        program = torch.export.load(os.fspath(path), extra_files=extra)
+    except (RuntimeError, ValueError, OSError, KeyError) as error:
+        raise VerificationError(f"{path}: not a readable torch.export file ({error})") from error
+    embedded = _parse_certificate(extra[CERTIFICATE_KEY], path) if extra[CERTIFICATE_KEY] else None
+    user_inputs = program.graph_signature.user_inputs
+    if len(user_inputs) != 1:
+        raise UnsupportedOpError(f"{path}: the program must have one input, it has {list(user_inputs)}")
+    (node,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0]]
+    example = node.meta["val"]
+    batch, *shape = example.shape
+    if not isinstance(batch, torch.SymInt) and batch != 1:
+        raise UnsupportedOpError(
+            f"{path}: the program takes a fixed batch of {batch}: export it with a dynamic one"
+        )
+    if not all(isinstance(d, int) for d in shape):
+        raise UnsupportedOpError(f"{path}: the input shape {tuple(example.shape)} has dynamic dimensions")
+    batch_size = 2 if isinstance(batch, torch.SymInt) else 1
+    compute = functools.partial(program_bound, program.module(), shape, batch=batch_size, dtype=example.dtype)
+    return _report(path, "pt2", embedded, compute)
+
+
+_VERIFIERS: dict[str, Callable[[str | os.PathLike], VerificationReport]] = {
+    ".onnx": verify_onnx,
+    ".pt": verify_torchscript,
+    ".pt2": verify_pt2,
+}
+
+
+def verify_artifact(path: str | os.PathLike) -> VerificationReport:
+    """Verify the artifact at ``path``, chosen by its suffix: ``.onnx``, ``.pt`` (TorchScript) or
+    ``.pt2`` (torch.export)."""
+    suffix = Path(path).suffix
+    if suffix not in _VERIFIERS:
+        raise VerificationError(
+            f"{path}: unknown artifact type {suffix!r} (expected one of {list(_VERIFIERS)})"
+        )
+    return _VERIFIERS[suffix](path)
