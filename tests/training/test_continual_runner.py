@@ -1,0 +1,154 @@
+"""train_continual end to end: certified checkpoints zoo.load accepts, metrics files, resume after a
+kill, and recipe errors that name the entry and the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+import zoo
+from training.continual import CONTINUAL_FILE, runner, train_continual
+from training.continual.recipe import ContinualRecipeError, parse_continual_recipe
+from training.trainer import METRICS_FILE, STATE_FILE, TrainingStateError, train
+from zoo.registry import ModelEntry, load_registry
+
+TINY = {"widths": [4, 8, 8], "dense": [16]}
+AR1 = {
+    "name": "ar1",
+    "latent_layer": 4,
+    "replay_size": 100,
+    "inc_lr": 0.001,
+    "batch_renorm": {"momentum": 0.1},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: one thread is faster, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _entry(strategy: dict[str, Any], experiences: int = 5, **continual: Any) -> ModelEntry:
+    return ModelEntry(
+        name="lipconv_s.test_continual",
+        description="a tiny continual recipe for the tests",
+        architecture={"name": "lipconv", "input_shape": [1, 8, 8], "num_classes": 10, "options": TINY},
+        recipe={
+            "dataset": "digits",
+            "loss": {"name": "tau_cross_entropy", "params": {"tau": 10.0}},
+            "optimizer": {"name": "adam", "lr": 0.003},
+            "epochs": 1,
+            "batch_size": 32,
+            "continual": {"experiences": experiences, "strategy": strategy, **continual},
+        },
+    )
+
+
+def _run(entry: ModelEntry, out, digits, **kwargs: Any):
+    return train_continual(
+        entry, out, data=digits, console=Console(quiet=True), show_progress=False, **kwargs
+    )
+
+
+def test_zoo_train_produces_a_certified_checkpoint_that_zoo_load_accepts(tmp_path, digits):
+    result = train(_entry(AR1), tmp_path, data=digits, console=Console(quiet=True), show_progress=False)
+    loaded = zoo.load(result.checkpoint)
+    assert loaded.certificate.lipschitz_bound == pytest.approx(result.certificate.lipschitz_bound)
+    with torch.no_grad():
+        accuracy = float((loaded.model(digits.x_test).argmax(1) == digits.y_test).double().mean())
+    assert accuracy == pytest.approx(result.metrics["clean_accuracy"])
+
+    document = json.loads((tmp_path / CONTINUAL_FILE).read_text())
+    assert document == result.metrics["continual"]
+    assert json.loads((tmp_path / METRICS_FILE).read_text())["continual"] == document
+    matrix = document["class_il"]["accuracy_matrix"]
+    assert [len(row) for row in matrix] == [1, 2, 3, 4, 5]
+    assert document["class_il"]["final_average_accuracy"] == pytest.approx(sum(matrix[-1]) / 5)
+    assert document["strategy"]["name"] == "ar1" and len(result.metrics["history"]) == 5
+
+
+def test_rehearsal_with_lider_runs_end_to_end(tmp_path, digits):
+    strategy = {"name": "derpp", "buffer_size": 40, "lider": {"alpha": 0.1, "beta": 0.1}}
+    result = _run(_entry(strategy, experiences=2), tmp_path, digits)
+    assert zoo.load(result.checkpoint).certificate.lipschitz_bound <= 1.0 + 1e-6
+    assert [len(row) for row in result.metrics["continual"]["task_il"]["accuracy_matrix"]] == [1, 2]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits, monkeypatch):
+    entry = _entry(AR1, experiences=5)
+    reference = _run(entry, tmp_path / "reference", digits)
+
+    real_save, saves = runner.save_state, []
+
+    def save_then_die(*args: Any, **kwargs: Any) -> None:
+        real_save(*args, **kwargs)
+        saves.append(kwargs["experience"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(entry, tmp_path / "killed", digits)
+    monkeypatch.setattr(runner, "save_state", real_save)
+    with pytest.raises(TrainingStateError, match="resume"):
+        _run(entry, tmp_path / "killed", digits)
+    resumed = _run(entry, tmp_path / "killed", digits, resume=True)
+
+    assert saves == [0, 1]
+    expected, actual = load_file(reference.checkpoint), load_file(resumed.checkpoint)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert resumed.metrics["continual"] == reference.metrics["continual"]
+    assert (tmp_path / "killed" / STATE_FILE).exists()
+
+
+NAIVE = {"name": "naive"}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "field", "message"),
+    [
+        (
+            {"continual": {"strategy": {"name": "er", "buffer_sz": 10}}},
+            "recipe.continual.strategy.buffer_sz",
+            "Extra inputs",
+        ),
+        (
+            {"continual": {"strategy": {"name": "derpp", "alpha": -1}}},
+            "recipe.continual.strategy.alpha",
+            "greater than",
+        ),
+        ({"continual": {"strategy": {"name": "ewc"}}}, "recipe.continual.strategy", "does not match"),
+        (
+            {"continual": {"strategy": {"name": "ar1", "latent_layer": 11}}},
+            "recipe.continual.strategy.latent_layer",
+            "below",
+        ),
+        ({"continual": {"experiences": 3, "strategy": NAIVE}}, "recipe.continual.experiences", "evenly"),
+        ({"continual": {"class_order": [0, 1], "strategy": NAIVE}}, "recipe.continual.class_order", "once"),
+        ({"continual": {}}, "recipe.continual.strategy", "required"),
+        ({"lr_schedule": "cosine"}, "recipe.lr_schedule", "constant"),
+    ],
+)
+def test_recipe_errors_name_the_entry_and_the_field(recipe, field, message):
+    entry = _entry(NAIVE)
+    entry = entry.model_copy(update={"recipe": entry.recipe.model_copy(update=recipe)})
+    with pytest.raises(ContinualRecipeError, match=message) as error:
+        parse_continual_recipe(entry)
+    assert str(error.value).startswith(f"entry lipconv_s.test_continual: field '{field}': ")
+    assert isinstance(error.value, ValueError)
+
+
+def test_the_continual_entries_of_models_yaml_are_valid():
+    entries = [entry for entry in load_registry().values() if entry.recipe.continual is not None]
+    assert {"lipconv_s.digits_ar1", "lipconv_s.digits_lider_derpp"} <= {entry.name for entry in entries}
+    for entry in entries:
+        parse_continual_recipe(entry)
