@@ -15,13 +15,17 @@ import numpy as np
 import torch
 
 from export.runtime import onnx_session
+from export.triton import write_triton_repository
 from export.verify import VerificationError, verify_artifact
 from export.writers import (
     read_onnx_certificate,
+    read_pt2_certificate,
     read_torchscript_certificate,
     write_onnx,
+    write_pt2,
     write_torchscript,
 )
+from zoo.certificate import Certificate
 from zoo.hub import CertifiedModel
 
 __all__ = ["OUTPUT_TOLERANCE", "ArtifactCheck", "ExportError", "export_model", "probe_batch"]
@@ -76,11 +80,19 @@ def export_model(
     *,
     onnx: bool = True,
     torchscript: bool = True,
+    pt2: bool = False,
+    triton: bool = False,
     stem: str = "model",
 ) -> list[ArtifactCheck]:
-    """Write the requested formats of ``certified`` into ``out_dir`` and check each written file."""
-    if not (onnx or torchscript):
+    """Write the requested formats of ``certified`` into ``out_dir`` and check each written file.
+
+    ``triton`` adds a Triton model repository (``out_dir/triton``) built from the ONNX and
+    TorchScript files after they passed their checks (so it needs at least one of them).
+    """
+    if not (onnx or torchscript or pt2):
         raise ValueError("choose at least one format to export")
+    if triton and not (onnx or torchscript):
+        raise ValueError("a Triton repository is built from the ONNX or TorchScript export: add one of them")
     out_dir = Path(out_dir)
     model, certificate = certified.model.cpu().eval(), certified.certificate
     probe = probe_batch(certificate.input_shape)
@@ -89,16 +101,34 @@ def export_model(
     checks: list[ArtifactCheck] = []
     if onnx:
         path = write_onnx(model, certificate, out_dir / f"{stem}.onnx")
-        if read_onnx_certificate(path) != certificate:
-            raise ExportError(f"{path}: the embedded certificate does not read back identically")
+        _same_certificate(path, read_onnx_certificate(path), certificate)
         session = onnx_session(path, "cpu")
         (logits,) = session.run(["logits"], {"input": probe.numpy()})
         checks.append(_check("onnx", path, expected, logits, _verified(path)))
     if torchscript:
         path = write_torchscript(model, certificate, out_dir / f"{stem}.ts.pt")
         module, embedded = read_torchscript_certificate(path)
-        if embedded != certificate:
-            raise ExportError(f"{path}: the embedded certificate does not read back identically")
+        _same_certificate(path, embedded, certificate)
         with torch.no_grad():
             checks.append(_check("torchscript", path, expected, module(probe).numpy(), _verified(path)))
+    if pt2:
+        path = write_pt2(model, certificate, out_dir / f"{stem}.pt2")
+        program, embedded = read_pt2_certificate(path)
+        _same_certificate(path, embedded, certificate)
+        with torch.no_grad():
+            checks.append(_check("pt2", path, expected, program.module()(probe).numpy(), _verified(path)))
+    if triton:
+        artifacts = {check.format: check.path for check in checks if check.format in ("onnx", "torchscript")}
+        num_classes = int(expected.shape[1])
+        for model_dir in write_triton_repository(
+            out_dir / "triton", stem, artifacts, certificate, num_classes
+        ):
+            checks.append(
+                ArtifactCheck("triton", model_dir, 0.0, ["copies of the verified files + config.pbtxt"])
+            )
     return checks
+
+
+def _same_certificate(path: Path, embedded: Certificate | None, certificate: Certificate) -> None:
+    if embedded != certificate:
+        raise ExportError(f"{path}: the embedded certificate does not read back identically")

@@ -1,4 +1,4 @@
-"""Write a folded, certified model as ONNX and TorchScript files carrying its certificate.
+"""Write a folded, certified model as ONNX, TorchScript and torch.export files carrying its certificate.
 
 ONNX: one file (no external data), opset 20, input ``input`` and output ``logits`` with a dynamic
 batch dimension, the certificate as canonical JSON in ``metadata_props['zoo.certificate']``.
@@ -23,8 +23,10 @@ from zoo.fold import is_folded
 __all__ = [
     "CERTIFICATE_KEY",
     "read_onnx_certificate",
+    "read_pt2_certificate",
     "read_torchscript_certificate",
     "write_onnx",
+    "write_pt2",
     "write_torchscript",
 ]
 
@@ -90,6 +92,27 @@ def write_torchscript(model: nn.Module, certificate: Certificate, path: str | os
     path = Path(path)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def write_pt2(model: nn.Module, certificate: Certificate, path: str | os.PathLike) -> Path:
+    """``torch.export`` the folded ``model`` (dynamic batch) to a ``.pt2`` file at ``path`` with
+    ``certificate`` in its ``extra_files`` (TorchScript's successor; load with ``torch.export.load``)."""
+    _require_folded(model)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model.eval(), (_example_batch(certificate),), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={CERTIFICATE_KEY: certificate.to_json()})
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def read_pt2_certificate(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, Certificate | None]:
+    """Load a ``.pt2`` file and its embedded certificate (None when it has none)."""
+    extra = {CERTIFICATE_KEY: ""}
+    program = torch.export.load(os.fspath(path), extra_files=extra)
+    text = extra[CERTIFICATE_KEY]
+    return program, (Certificate.from_json(text) if text else None)
 
 
 def read_torchscript_certificate(

@@ -209,21 +209,24 @@ def export(
     out: Annotated[Path, typer.Option(help="output directory")],
     onnx: Annotated[bool, typer.Option("--onnx", help="write model.onnx")] = False,
     torchscript: Annotated[bool, typer.Option("--torchscript", help="write model.ts.pt")] = False,
+    pt2: Annotated[bool, typer.Option("--pt2", help="write model.pt2 (torch.export)")] = False,
+    triton: Annotated[bool, typer.Option("--triton", help="write a Triton model repository")] = False,
 ) -> None:
-    """Fold, write the artifacts, then check what was written; non-zero exit if a check fails."""
+    """Fold, write the artifacts, then verify what was written; non-zero exit if a check fails."""
     from export.pipeline import ExportError, export_model
 
-    if not (onnx or torchscript):
-        errors.print("[bold red]error:[/] choose at least one format: --onnx, --torchscript")
+    if not (onnx or torchscript or pt2):
+        errors.print("[bold red]error:[/] choose at least one format: --onnx, --torchscript, --pt2")
         raise typer.Exit(2)
     certified = _load_or_exit(source)
     with _user_errors(ExportError):
-        checks = export_model(certified, out, onnx=onnx, torchscript=torchscript)
+        checks = export_model(certified, out, onnx=onnx, torchscript=torchscript, pt2=pt2, triton=triton)
     table = Table(title=f"export of {source}")
-    for column in ("format", "file", "max |diff| vs PyTorch", "certificate"):
+    for column in ("format", "file", "max |diff| vs PyTorch", "checks"):
         table.add_column(column)
     for check in checks:
-        table.add_row(check.format, str(check.path), f"{check.max_abs_diff:.2e}", "embedded, read back")
+        notes = "; ".join(["certificate embedded, read back", *check.notes])
+        table.add_row(check.format, str(check.path), f"{check.max_abs_diff:.2e}", notes)
     console.print(table)
     console.print(f"Lipschitz bound: {certified.certificate.lipschitz_bound:.6f}")
 

@@ -1,0 +1,64 @@
+"""The .pt2 writer and the Triton model repository, from a certified digits checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+import zoo
+from export.pipeline import export_model
+from export.verify import verify_pt2
+
+
+@pytest.fixture(scope="module")
+def exported(short_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("formats")
+    certified = zoo.load(short_run.checkpoint)
+    return certified, export_model(certified, out, onnx=True, torchscript=True, pt2=True, triton=True)
+
+
+def test_pt2_round_trip_and_verification(exported, digits):
+    certified, checks = exported
+    (pt2,) = [c for c in checks if c.format == "pt2"]
+    program = torch.export.load(pt2.path)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(digits.x_test[:37]), certified.model(digits.x_test[:37]))
+    report = verify_pt2(pt2.path)
+    assert report.ok and report.lipschitz_bound == pytest.approx(
+        certified.certificate.lipschitz_bound, rel=1e-9
+    )
+
+
+def test_triton_repository_layout_and_config(exported):
+    certified, checks = exported
+    model_dirs = {c.path.name: c.path for c in checks if c.format == "triton"}
+    assert set(model_dirs) == {"model_onnx", "model_torchscript"}
+    sources = {c.format: c.path for c in checks}
+    assert (model_dirs["model_onnx"] / "1" / "model.onnx").read_bytes() == sources["onnx"].read_bytes()
+    assert (model_dirs["model_torchscript"] / "1" / "model.pt").read_bytes() == sources[
+        "torchscript"
+    ].read_bytes()
+    for name, platform, tensors in [
+        ("model_onnx", "onnxruntime_onnx", ("input", "logits")),
+        ("model_torchscript", "pytorch_libtorch", ("INPUT__0", "OUTPUT__0")),
+    ]:
+        config = text_format.Parse(
+            (model_dirs[name] / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        assert config.name == name and config.platform == platform and config.max_batch_size == 256
+        assert (config.input[0].name, config.output[0].name) == tensors
+        assert list(config.input[0].dims) == [1, 8, 8] and list(config.output[0].dims) == [10]
+        assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+        assert config.dynamic_batching.max_queue_delay_microseconds == 100
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        bound = float(config.parameters["zoo.lipschitz_bound"].string_value)
+        assert bound == certified.certificate.lipschitz_bound
+
+
+def test_triton_needs_a_servable_format(short_run, tmp_path):
+    with pytest.raises(ValueError, match="Triton repository"):
+        export_model(
+            zoo.load(short_run.checkpoint), tmp_path, onnx=False, torchscript=False, pt2=True, triton=True
+        )
