@@ -75,3 +75,19 @@ def test_loading_works_from_a_wheel_in_a_fresh_virtual_environment(tmp_path):
     result = subprocess.run([python, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) == pytest.approx(load_registry()[SHIPPED[0]].certificate["lipschitz_bound"])
+
+
+@pytest.mark.slow
+def test_zoo_train_reproduces_the_shipped_digits_model(tmp_path, digits):
+    from rich.console import Console
+
+    from training.trainer import train
+
+    name = "lipconv_s.digits_hkr"
+    entry = load_registry()[name]
+    if entry.checkpoint is None:
+        pytest.fail(f"{name} is expected to ship with weights")
+    result = train(entry, tmp_path, data=digits, console=Console(quiet=True), show_progress=False)
+    assert result.metrics["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=0.01)
+    for eps, accuracy in result.metrics["certified_accuracy"].items():
+        assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{eps}"], abs=0.01)
