@@ -9,6 +9,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 
 import zoo
 from training.data import load_dataset
@@ -87,7 +88,12 @@ def test_zoo_train_reproduces_the_shipped_digits_model(tmp_path, digits):
     entry = load_registry()[name]
     if entry.checkpoint is None:
         pytest.fail(f"{name} is expected to ship with weights")
-    result = train(entry, tmp_path, data=digits, console=Console(quiet=True), show_progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(entry.metrics.get("torch_threads", threads)))
+    try:
+        result = train(entry, tmp_path, data=digits, console=Console(quiet=True), show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert result.metrics["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=0.01)
     for eps, accuracy in result.metrics["certified_accuracy"].items():
         assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{eps}"], abs=0.01)

@@ -40,14 +40,18 @@ from zoo.robustness import certified_accuracy
 
 __all__ = [
     "CERTIFIED_EPS",
+    "RunSetup",
     "TrainResult",
     "TrainingStateError",
     "build_model",
     "deterministic",
+    "epoch_order",
     "evaluate",
     "finish_run",
+    "learning_rate",
     "load_state",
     "make_optimizer",
+    "prepare_run",
     "progress_bar",
     "recipe_key",
     "save_state",
@@ -84,7 +88,7 @@ def deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffling of epoch ``epoch``: a function of (seed, epoch) only, so a resumed run
     visits the examples in the same order as an uninterrupted one."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -129,7 +133,7 @@ def make_optimizer(entry: ModelEntry, model: nn.Module) -> torch.optim.Optimizer
     )
 
 
-def _learning_rate(entry: ModelEntry, epoch: int, epochs: int) -> float:
+def learning_rate(entry: ModelEntry, epoch: int, epochs: int) -> float:
     base = entry.recipe.optimizer.lr
     if entry.recipe.lr_schedule == "cosine":
         return base * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
@@ -177,6 +181,67 @@ def build_model(entry: ModelEntry, device: torch.device) -> nn.Module:
         **arch.options,
     )
     return model.to(device)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What every kind of run (plain, transfer, continual) settles before training.
+
+    Attributes:
+        epochs, seed: the recipe's values or their overrides.
+        device: the resolved torch device.
+        out_dir, state_path: the output directory and its training-state file.
+        key: the recipe key a resumed state must carry (see :func:`recipe_key`).
+        data: the dataset, checked against the architecture's input shape.
+    """
+
+    epochs: int
+    seed: int
+    device: torch.device
+    out_dir: Path
+    state_path: Path
+    key: str
+    data: Dataset
+
+
+def prepare_run(
+    entry: ModelEntry,
+    out_dir: str | Path,
+    *,
+    epochs: int | None,
+    seed: int | None,
+    device: str,
+    resume: bool,
+    data: Dataset | None,
+    data_dir: str | Path | None,
+    download: bool = False,
+) -> RunSetup:
+    """Resolve overrides and the device, refuse to overwrite a run unless resuming, load the data.
+
+    Raises:
+        ValueError: epochs < 1, or data whose shape does not fit the architecture.
+        TrainingStateError: ``out_dir`` already holds a run and ``resume`` is false.
+        DeviceUnavailableError: the device cannot be used.
+    """
+    epochs = epochs if epochs is not None else entry.recipe.epochs
+    seed = seed if seed is not None else entry.recipe.seed
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    torch_device = resolve_device(device)
+    out_dir = Path(out_dir)
+    state_path = out_dir / STATE_FILE
+    if state_path.exists() and not resume:
+        raise TrainingStateError(
+            f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    data = data if data is not None else load_dataset(entry.recipe.dataset, data_dir, download)
+    if tuple(entry.architecture.input_shape) != data.input_shape:
+        raise ValueError(
+            f"{entry.name}: architecture.input_shape {tuple(entry.architecture.input_shape)} does not "
+            f"match the {entry.recipe.dataset} data shape {data.input_shape}"
+        )
+    return RunSetup(epochs, seed, torch_device, out_dir, state_path, recipe_key(entry, epochs, seed), data)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -232,28 +297,29 @@ def train(
         from training.transfer import train_transfer
 
         return train_transfer(entry, out_dir, **options)
-    torch_device = resolve_device(device)
+    run = prepare_run(
+        entry,
+        out_dir,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        resume=resume,
+        data=data,
+        data_dir=data_dir,
+        download=download,
+    )
+    epochs, seed, out_dir, state_path, key, data = (
+        run.epochs,
+        run.seed,
+        run.out_dir,
+        run.state_path,
+        run.key,
+        run.data,
+    )
+    torch_device = run.device
     context = DistributedContext.from_environment(torch_device)
     if context.enabled and torch_device.type == "cuda":
         torch_device = torch.device("cuda", torch.cuda.current_device())
-    epochs = epochs if epochs is not None else entry.recipe.epochs
-    seed = seed if seed is not None else entry.recipe.seed
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    out_dir = Path(out_dir)
-    state_path = out_dir / STATE_FILE
-    key = recipe_key(entry, epochs, seed)
-    if state_path.exists() and not resume:
-        raise TrainingStateError(
-            f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
-            "or choose another --out"
-        )
-    data = data if data is not None else load_dataset(entry.recipe.dataset, data_dir, download)
-    if tuple(entry.architecture.input_shape) != data.input_shape:
-        raise ValueError(
-            f"{entry.name}: architecture.input_shape {tuple(entry.architecture.input_shape)} does not "
-            f"match the {entry.recipe.dataset} data shape {data.input_shape}"
-        )
     console = console if context.is_main else Console(quiet=True)
 
     with deterministic():
@@ -287,9 +353,9 @@ def train(
             )
             for epoch in range(start_epoch, epochs):
                 for group in optimizer.param_groups:
-                    group["lr"] = _learning_rate(entry, epoch, epochs)
+                    group["lr"] = learning_rate(entry, epoch, epochs)
                 trained.train()
-                order = _epoch_order(len(x_train), seed, epoch).to(torch_device)
+                order = epoch_order(len(x_train), seed, epoch).to(torch_device)
                 augmentation = torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
                 loss_sum, correct, seen = 0.0, 0, 0
                 for start in range(0, len(order), batch_size):
@@ -353,6 +419,8 @@ def finish_run(
         **evaluate(folded, data.x_test, data.y_test, certificate.lipschitz_bound),
         "epochs": epochs,
         "seed": seed,
+        # Float sums depend on the thread count: reproducing a run bit for bit needs the same one.
+        "torch_threads": torch.get_num_threads(),
         "train_seconds_this_run": round(seconds, 2),
         "history": history,
     }

@@ -36,7 +36,7 @@ def registry_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         flat[f"certified_accuracy_{eps}"] = round(accuracy, 4)
     if "empirical_lipschitz" in metrics:
         flat["empirical_lipschitz"] = round(metrics["empirical_lipschitz"], 6)
-    for key in ("final_average_accuracy", "forgetting"):
+    for key in ("torch_threads", "final_average_accuracy", "forgetting"):
         if key in metrics:
             flat[key] = round(metrics[key], 4)
     return flat

@@ -25,24 +25,22 @@ from training.continual.metrics import experience_accuracy, print_report, report
 from training.continual.recipe import parse_continual_recipe
 from training.continual.scenario import class_incremental
 from training.continual.strategies import Settings, make_strategy
-from training.data import Dataset, load_dataset
+from training.data import Dataset
 from training.losses import make_loss
 from training.trainer import (
     METRICS_FILE,
     STATE_FILE,
-    TrainingStateError,
     TrainResult,
     build_model,
     deterministic,
     finish_run,
     load_state,
     make_optimizer,
+    prepare_run,
     progress_bar,
-    recipe_key,
     save_state,
 )
 from zoo.checkpoint import atomic_write_bytes
-from zoo.device import resolve_device
 from zoo.registry import ModelEntry
 
 __all__ = ["CONTINUAL_FILE", "train_continual"]
@@ -88,25 +86,18 @@ def train_continual(
     """
     console = console or Console()
     recipe = parse_continual_recipe(entry)
-    epochs = epochs if epochs is not None else entry.recipe.epochs
-    seed = seed if seed is not None else entry.recipe.seed
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    torch_device = resolve_device(device)
-    out_dir = Path(out_dir)
-    state_path = out_dir / STATE_FILE
-    key = recipe_key(entry, epochs, seed)
-    if state_path.exists() and not resume:
-        raise TrainingStateError(
-            f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
-            "or choose another --out"
-        )
-    data = data if data is not None else load_dataset(entry.recipe.dataset, data_dir)
-    if tuple(entry.architecture.input_shape) != data.input_shape:
-        raise ValueError(
-            f"{entry.name}: architecture.input_shape {tuple(entry.architecture.input_shape)} does not "
-            f"match the {entry.recipe.dataset} data shape {data.input_shape}"
-        )
+    run = prepare_run(
+        entry, out_dir, epochs=epochs, seed=seed, device=device, resume=resume, data=data, data_dir=data_dir
+    )
+    epochs, seed, torch_device, out_dir, state_path, key, data = (
+        run.epochs,
+        run.seed,
+        run.device,
+        run.out_dir,
+        run.state_path,
+        run.key,
+        run.data,
+    )
     stream = class_incremental(data, recipe.experiences, recipe.class_order)
 
     with deterministic():

@@ -17,21 +17,19 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from training.data import Dataset, load_dataset
+from training.data import Dataset
 from training.losses import make_loss
 from training.trainer import (
-    STATE_FILE,
-    TrainingStateError,
     TrainResult,
-    _epoch_order,
-    _learning_rate,
     build_model,
     deterministic,
+    epoch_order,
     finish_run,
+    learning_rate,
     load_state,
     make_optimizer,
+    prepare_run,
     progress_bar,
-    recipe_key,
     save_state,
 )
 from training.transfer.loop import run_epoch
@@ -39,7 +37,6 @@ from training.transfer.objective import TransferObjective, build_objective
 from training.transfer.recipe import parse_transfer
 from training.transfer.source import Source, initialise_backbone, load_source, split_head
 from training.transfer.tasks import class_subset
-from zoo.device import resolve_device
 from zoo.registry import ModelEntry
 
 __all__ = ["train_transfer"]
@@ -53,7 +50,7 @@ def _epoch_schedule(
 ) -> tuple[torch.Tensor, torch.Generator]:
     """The example order (n,) and the augmentation generator of one epoch: functions of (seed, epoch)
     only, as in the trainer, so a resumed run repeats them."""
-    return _epoch_order(n, seed, epoch).to(device), torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
+    return epoch_order(n, seed, epoch).to(device), torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
 
 
 def _trained_head_probe(
@@ -119,20 +116,18 @@ def train_transfer(
     """
     spec = parse_transfer(entry)
     console = console or Console()
-    torch_device = resolve_device(device)
-    epochs = epochs if epochs is not None else entry.recipe.epochs
-    seed = seed if seed is not None else entry.recipe.seed
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    out_dir = Path(out_dir)
-    state_path = out_dir / STATE_FILE
-    key = recipe_key(entry, epochs, seed)
-    if state_path.exists() and not resume:
-        raise TrainingStateError(
-            f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
-            "or choose another --out"
-        )
-    data = data if data is not None else load_dataset(entry.recipe.dataset, data_dir)
+    run = prepare_run(
+        entry, out_dir, epochs=epochs, seed=seed, device=device, resume=resume, data=data, data_dir=data_dir
+    )
+    epochs, seed, torch_device, out_dir, state_path, key, data = (
+        run.epochs,
+        run.seed,
+        run.device,
+        run.out_dir,
+        run.state_path,
+        run.key,
+        run.data,
+    )
     cpu_task = class_subset(data, spec.classes, spec.label_fraction, seed)
     task = replace(
         cpu_task, x_train=cpu_task.x_train.to(torch_device), y_train=cpu_task.y_train.to(torch_device)
@@ -195,7 +190,7 @@ def train_transfer(
             )
             for epoch in range(start_epoch, epochs):
                 for group in optimizer.param_groups:
-                    group["lr"] = _learning_rate(entry, epoch, epochs)
+                    group["lr"] = learning_rate(entry, epoch, epochs)
                 order, generator = _epoch_schedule(len(task.x_train), seed, epoch, torch_device)
                 summary = run_epoch(
                     model,
