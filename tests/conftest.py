@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from rich.console import Console
 
 from training.data import load_digits
@@ -10,6 +11,16 @@ from training.trainer import TrainResult, train
 from zoo.registry import get_entry
 
 DIGITS_MODEL = "lipconv_s.digits_hkr"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For tests that train tiny networks: intra-op threads gain nothing there, and on a busy machine
+    their synchronisation costs several times the work itself."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

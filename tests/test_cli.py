@@ -21,9 +21,7 @@ def invoke(*args: str):
 
 def test_train_certify_export_and_run_in_onnxruntime(tmp_path, digits):
     out = tmp_path / "run"
-    result = invoke(
-        "train", "lipconv_s.digits_hkr", "--epochs", "2", "--out", str(out), "--no-progress"
-    )
+    result = invoke("train", "lipconv_s.digits_hkr", "--epochs", "2", "--out", str(out), "--no-progress")
     assert result.exit_code == 0, result.output
     assert "clean accuracy" in result.output and "certified accuracy, eps 0.5" in result.output
     checkpoint = out / "model.safetensors"
@@ -35,9 +33,7 @@ def test_train_certify_export_and_run_in_onnxruntime(tmp_path, digits):
     assert report["lipschitz_bound"] == loaded.certificate.lipschitz_bound
     assert [layer["op"] for layer in report["layers"]][:2] == ["Conv2d", "GroupSort2"]
 
-    result = invoke(
-        "export", str(checkpoint), "--onnx", "--torchscript", "--out", str(tmp_path / "art")
-    )
+    result = invoke("export", str(checkpoint), "--onnx", "--torchscript", "--out", str(tmp_path / "art"))
     assert result.exit_code == 0, result.output
     onnx_path = tmp_path / "art" / "model.onnx"
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -23,13 +23,7 @@ from zoo.models import build
 TINY = {"widths": [4, 8, 8], "dense": [16]}  # layers: conv 0, act, conv 2, act, pool 4, conv 5, ...
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_cwr_star_consolidation_matches_a_hand_computation():

@@ -22,14 +22,7 @@ from training.continual.strategies import Settings, make_strategy
 from training.losses import make_loss
 from zoo.models import build
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _numpy_transmitting_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

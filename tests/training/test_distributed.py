@@ -43,8 +43,18 @@ def test_two_gloo_processes_match_one_process(tmp_path, digits):
     entry = load_registry(registry)["lipconv.ddp_test"]
     single = train(entry, tmp_path / "single", data=digits, console=Console(quiet=True), show_progress=False)
 
-    command = [sys.executable, "-m", "zoo", "train", "lipconv.ddp_test", "--nproc", "2",
-               "--out", str(tmp_path / "ddp"), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "zoo",
+        "train",
+        "lipconv.ddp_test",
+        "--nproc",
+        "2",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--no-progress",
+    ]
     env = {**os.environ, "ZOO_MODELS_YAML": str(registry), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -56,9 +56,7 @@ def test_tau_cross_entropy_by_hand():
 
 def test_make_loss_names_bad_parameters():
     assert isinstance(make_loss("hkr", {"alpha": 2.0}), MulticlassHKR)
-    assert float(make_loss("kr", {})(LOGITS, LABELS)) == pytest.approx(
-        -float(MulticlassKR()(LOGITS, LABELS))
-    )
+    assert float(make_loss("kr", {})(LOGITS, LABELS)) == pytest.approx(-float(MulticlassKR()(LOGITS, LABELS)))
     with pytest.raises(ValueError, match="no parameter 'alpah'"):
         make_loss("hkr", {"alpah": 2.0})
     with pytest.raises(ValueError, match="unknown loss"):

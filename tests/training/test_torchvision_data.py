@@ -68,5 +68,5 @@ def test_cifar10_from_the_binary_batches(tmp_path):
     with pytest.raises(ValueError, match="not a CIFAR-10 binary batch"):
         load_dataset("cifar10", tmp_path)
     (folder / "data_batch_3.bin").unlink()
-    with pytest.raises(FileNotFoundError, match="data_batch_3.bin"):
+    with pytest.raises(FileNotFoundError, match=r"data_batch_3\.bin"):
         load_dataset("cifar10", tmp_path)

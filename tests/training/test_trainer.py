@@ -76,9 +76,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits):
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-7)
-    assert resumed.certificate.lipschitz_bound == pytest.approx(
-        reference.certificate.lipschitz_bound
-    )
+    assert resumed.certificate.lipschitz_bound == pytest.approx(reference.certificate.lipschitz_bound)
 
 
 def test_same_seed_same_weights_and_existing_run_is_not_overwritten(tmp_path, digits):

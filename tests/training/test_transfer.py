@@ -78,14 +78,7 @@ SOURCE = {"classes": [0, 1, 2, 3, 4]}
 TARGET = {"source": "lipconv.src", "source_classes": [0, 1, 2, 3, 4], "classes": [5, 6, 7, 8, 9]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests train, fold and certify tiny networks: intra-op threads gain nothing there, and on
-    a busy machine their synchronisation costs several times the work itself."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(num_classes: int, **options) -> nn.Module:

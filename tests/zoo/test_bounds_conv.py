@@ -69,9 +69,7 @@ def _torch_conv(weight: torch.Tensor, **conv) -> torch.nn.Module:
 
 
 def _examples(count: int) -> settings:
-    return settings(
-        max_examples=count, deadline=None, suppress_health_check=[HealthCheck.filter_too_much]
-    )
+    return settings(max_examples=count, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 
 
 @_examples(40)
@@ -184,9 +182,7 @@ def test_grouped_bound_is_the_max_over_groups_not_the_product():
     """orthogonium multiplies per-group bounds: 10 * 0.01 would certify ~0.1 for a norm ~30."""
     weight = torch.cat([10 * _randn((2, 2, 3, 3), seed=1), 0.01 * _randn((2, 2, 3, 3), seed=2)])
     conv = {"groups": 2, "padding": 1}
-    per_group = [
-        conv_bound(part, input_size=(8, 8), padding=1, method="fft") for part in weight.chunk(2)
-    ]
+    per_group = [conv_bound(part, input_size=(8, 8), padding=1, method="fft") for part in weight.chunk(2)]
     truth = _true_norm(weight, (8, 8), **conv)
     bound = conv_bound(weight, input_size=(8, 8), method="fft", **conv)
     assert math.prod(per_group) < truth <= bound
@@ -224,9 +220,7 @@ def test_low_precision_weights_are_converted_to_float64(dtype):
 
 
 def test_module_weight_and_arguments_are_accepted_as_torch_stores_them():
-    module = torch.nn.Conv2d(
-        4, 6, (3, 2), stride=(2, 1), padding="valid", dilation=(1, 2), groups=2
-    )
+    module = torch.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding="valid", dilation=(1, 2), groups=2)
     conv = {
         "stride": module.stride,
         "padding": module.padding,

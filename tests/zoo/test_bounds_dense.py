@@ -74,9 +74,7 @@ def test_gram_iteration_is_a_bound_at_every_step():
     matrix = _random((50, 80), seed=11)
     truth = np.linalg.norm(matrix.numpy(), ord=2)
     bounds = [float(gram_iteration_bound(matrix, steps=t)) for t in range(8)]
-    assert bounds[0] == pytest.approx(
-        float(torch.linalg.matrix_norm(matrix)), rel=1e-12
-    )  # Frobenius
+    assert bounds[0] == pytest.approx(float(torch.linalg.matrix_norm(matrix)), rel=1e-12)  # Frobenius
     assert all(b >= truth for b in bounds)
     assert all(later <= earlier * (1 + 1e-12) for earlier, later in itertools.pairwise(bounds))
 

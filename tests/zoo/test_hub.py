@@ -71,5 +71,5 @@ def test_download_into_the_cache_then_offline(registry_with, short_run, tmp_path
 
 def test_an_entry_without_weights_says_how_to_get_them(registry_with):
     registry_with()
-    with pytest.raises(CheckpointError, match="zoo train lipconv_s.digits_hkr"):
+    with pytest.raises(CheckpointError, match=r"zoo train lipconv_s\.digits_hkr"):
         zoo.load("lipconv_s.digits_hkr")

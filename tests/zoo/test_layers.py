@@ -66,9 +66,7 @@ def test_spectral_conv_operator_norm_at_most_lip(in_ch, out_ch, kernel, stride, 
 
 def fold_copy(layer: nn.Conv2d) -> nn.Conv2d:
     """A plain nn.Conv2d holding the weight the parametrized ``layer`` currently computes."""
-    plain = nn.Conv2d(
-        layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding
-    )
+    plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding)
     with torch.no_grad():
         plain.weight.copy_(layer.weight)
         plain.bias.copy_(layer.bias)

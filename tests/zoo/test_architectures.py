@@ -1,0 +1,89 @@
+"""Every architecture, for digits (1x8x8), MNIST (1x28x28) and CIFAR (3x32x32) inputs: builds, trains
+one step, folds to the plain architecture (same state-dict keys, same outputs), and its certificate
+is at least an empirical lower estimate of its Lipschitz constant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.bounds import empirical_lipschitz
+from zoo.certify import network_bound
+from zoo.fold import fold
+from zoo.models import ARCHITECTURES, build, check_options
+
+SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
+# Small widths keep the suite fast; the defaults are exercised by the build-only test below.
+SMALL = {
+    "lipmlp": {"widths": (32, 32)},
+    "lipconv": {"widths": (4, 8), "dense": (16,)},
+    "lipresnet": {"widths": (4, 12), "depth": 1},
+    "orthoconv": {"widths": (4, 8), "depth": 1, "dense": (16,)},
+}
+# Other layer families and blocks of the same architectures, checked on digits-sized inputs.
+VARIANTS = [
+    *[
+        ("lipconv", family, {**SMALL["lipconv"], "family": family})
+        for family in ("aol", "orthogonal", "frobenius")
+    ],
+    ("lipconv", "householder", {**SMALL["lipconv"], "activation": "householder"}),
+    ("lipresnet", "convex", {**SMALL["lipresnet"], "block": "convex"}),
+]
+
+
+def check_architecture(name: str, shape: tuple[int, ...], options: dict) -> None:
+    torch.manual_seed(0)
+    model = build(name, input_shape=shape, num_classes=10, **options)
+    x, labels = torch.rand(8, *shape), torch.randint(0, 10, (8,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss = torch.nn.functional.cross_entropy(model(x), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    folded = fold(model)
+    plain = build(name, input_shape=shape, num_classes=10, parametrized=False, **options).eval()
+    plain.load_state_dict(folded.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), expected, atol=1e-5, rtol=0)
+    bound, _ = network_bound(plain, shape)
+    lower = empirical_lipschitz(plain, x[:1], steps=3)
+    assert 0 < lower <= bound
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=["8x8", "28x28"])
+def test_architecture_trains_folds_and_certifies(name, shape):
+    check_architecture(name, shape, SMALL[name])
+
+
+@pytest.mark.parametrize(("name", "variant", "options"), VARIANTS, ids=[f"{n}-{v}" for n, v, _ in VARIANTS])
+def test_architecture_variant_trains_folds_and_certifies(name, variant, options):
+    check_architecture(name, SHAPES[0], options)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_architecture_on_cifar_shape(name):
+    check_architecture(name, SHAPES[2], SMALL[name])
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("shape", SHAPES, ids=["8x8", "28x28", "32x32"])
+def test_default_architecture_builds_in_both_modes_with_the_same_keys(name, shape):
+    trained = build(name, input_shape=shape, num_classes=10)
+    plain = build(name, input_shape=shape, num_classes=10, parametrized=False)
+    assert set(fold(trained).state_dict()) == set(plain.state_dict())
+    assert plain(torch.rand(2, *shape)).shape == (2, 10)
+
+
+def test_unknown_options_and_choices_are_errors():
+    with pytest.raises(ValueError, match="no option 'depth'"):
+        check_options("lipconv", {"depth": 3})
+    with pytest.raises(ValueError, match="unknown family 'cayley'"):
+        build("lipconv", input_shape=(1, 8, 8), num_classes=10, family="cayley")
+    with pytest.raises(ValueError, match="unknown block"):
+        build("lipresnet", input_shape=(1, 8, 8), num_classes=10, block="dense")
