@@ -1,8 +1,9 @@
 """Compute a network's certificate from its (folded) weights by propagating per-layer bounds.
 
 The bound of a composition is the product of the bounds of its parts; each leaf module has a *rule*
-that computes its own sound bound from its weights and its input size with ``zoo.bounds``. A module
-with no rule is an error, never skipped; a parametrized module must be folded first, so that the
+that computes its own sound bound from its weights and its input size with ``zoo.bounds``, and each
+residual module a *composite rule* that combines the bound of its branch with its own weights. A
+module with no rule is an error, never skipped; a parametrized module must be folded first, so that the
 certificate speaks for the weights that ship.
 """
 
@@ -13,15 +14,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import zoo
 from zoo.bounds import RELATIVE_MARGIN, conv_bound, matrix_norm_bound
 from zoo.certificate import Certificate, LayerBound, weights_sha256
 from zoo.fold import is_folded
-from zoo.layers import GroupSort2, MaxMin, ScaledAvgPool2d
+from zoo.layers import (
+    Abs,
+    BatchCentering,
+    ConvexResidual,
+    GlobalL2NormPool2d,
+    GroupSort,
+    GroupSort2,
+    HouseHolder,
+    LayerCentering,
+    MaxMin,
+    Residual,
+    ScaledAdaptiveAvgPool2d,
+    ScaledAvgPool2d,
+    ScaledL2NormPool2d,
+)
 
-__all__ = ["LEAF_RULES", "UnsupportedModuleError", "certify", "network_bound"]
+__all__ = ["COMPOSITE_RULES", "LEAF_RULES", "UnsupportedModuleError", "certify", "network_bound"]
 
 METHOD = (
     "sequential composition (product) of per-layer sound upper bounds computed in float64 from the "
@@ -38,9 +54,12 @@ def _linear_bound(module: nn.Linear, input_shape: tuple[int, ...]) -> float:
     return matrix_norm_bound(module.weight)
 
 
-def _conv_bound(module: nn.Conv1d | nn.Conv2d, input_shape: tuple[int, ...]) -> float:
+def _conv_bound(
+    module: nn.Conv1d | nn.Conv2d, input_shape: tuple[int, ...], weight: torch.Tensor | None = None
+) -> float:
+    """Bound of ``module``'s convolution, or of the same geometry with another ``weight``."""
     return conv_bound(
-        module.weight,
+        module.weight if weight is None else weight,
         input_size=input_shape[1:],
         stride=module.stride,
         padding=module.padding,
@@ -69,10 +88,160 @@ def _avg_pool_bound(module: nn.AvgPool2d, input_shape: tuple[int, ...]) -> float
     return bound * getattr(module, "scale", 1.0)
 
 
+def _conv_transpose_bound(
+    module: nn.ConvTranspose1d | nn.ConvTranspose2d, input_shape: tuple[int, ...]
+) -> float:
+    """A transposed convolution is the adjoint of the convolution with the same weight and arguments
+    on its *output* size (``output_padding`` picks that size), and an operator and its adjoint have
+    the same norm."""
+    output_size = [
+        (n - 1) * s - 2 * p + d * (k - 1) + extra + 1
+        for n, s, p, d, k, extra in zip(
+            input_shape[1:],
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.kernel_size,
+            module.output_padding,
+            strict=True,
+        )
+    ]
+    return conv_bound(
+        module.weight,
+        input_size=tuple(output_size),
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+    )
+
+
+def _adaptive_avg_pool_bound(module: nn.AdaptiveAvgPool2d, input_shape: tuple[int, ...]) -> float:
+    """An adaptive average pool acts on each channel as ``A_h (x) A_w`` (rows pooled by the (out, in)
+    averaging matrix ``A_h``, columns by ``A_w``), whose norm is ``||A_h|| ||A_w||``; the matrices are
+    the pool's response to one-hot rows, so windows of any overlap are handled exactly."""
+    height, width = input_shape[-2:]
+    out_h, out_w = nn.modules.utils._pair(module.output_size)
+
+    def averaging_matrix(size: int, out: int | None) -> torch.Tensor:
+        one_hot_rows = torch.eye(size, dtype=torch.float64).unsqueeze(0)
+        return F.adaptive_avg_pool1d(one_hot_rows, out or size)[0].T
+
+    scale = module.scale(height, width) if isinstance(module, ScaledAdaptiveAvgPool2d) else 1.0
+    return (
+        matrix_norm_bound(averaging_matrix(height, out_h))
+        * matrix_norm_bound(averaging_matrix(width, out_w))
+        * scale
+    )
+
+
+def _max_windows_per_pixel(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Largest number of pooling windows (zero padding, floor mode) that contain one input pixel."""
+    counts = [0] * size
+    for output in range((size + 2 * padding - kernel) // stride + 1):
+        start = output * stride - padding
+        for pixel in range(max(start, 0), min(start + kernel, size)):
+            counts[pixel] += 1
+    return max(counts)
+
+
+def _l2_norm_pool_bound(module: ScaledL2NormPool2d, input_shape: tuple[int, ...]) -> float:
+    """``sqrt(m)`` with ``m`` the largest number of windows containing one pixel (proof in the
+    ScaledL2NormPool2d docstring); windows are products of row and column ranges, so ``m`` is the
+    product of the per-axis counts."""
+    geometry = zip(input_shape[-2:], module.kernel_size, module.stride, module.padding, strict=True)
+    windows = math.prod(_max_windows_per_pixel(n, k, s, p) for n, k, s, p in geometry)
+    return math.sqrt(windows)
+
+
 def _one(module: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """Parameter-free ops that are 1-Lipschitz in L2 by their definition (permutations within
-    groups, elementwise 1-Lipschitz maps, reshapes)."""
+    """Ops that are 1-Lipschitz in L2 by their definition, for every value of their parameters:
+    permutations within groups (sorting, MaxMin, pixel (un)shuffle), elementwise 1-Lipschitz maps
+    (ReLU, Abs), pairwise reflections (HouseHolder: ``v`` is normalised from its angle), reshapes,
+    centering (an orthogonal projection plus a translation; BatchCentering in eval mode is a
+    translation) and the global L2 norm pool (every pixel in one window, see ScaledL2NormPool2d)."""
     return 1.0
+
+
+def _sll_bound(inner: nn.Module, outer: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Bound of ``x -> x + B relu(A x + b)`` from its weights, tight for folded SLL blocks.
+
+    ``A`` is ``inner`` (dense or stride-1 convolution) and ``B`` is ``outer``, a layer of the adjoint
+    geometry (dense, or transposed convolution with the same arguments), so ``B`` is the adjoint map
+    of the kernel ``K_B`` read in ``A``'s layout. Fit per hidden channel ``h`` the weight
+    ``d_h = max(0, -<K_B[h], K_A[h]> / (2 ||K_A[h]||^2))`` and let ``E = K_B + 2 D K_A`` (the part of
+    ``B`` that is not ``-2 A^T D``). With ``L`` the ReLU slopes between two inputs (diagonal, in
+    [0, 1]) the difference of outputs is ``J (x - y)`` with
+    ``J = (I - 2 A^T D L A) + E^T L A``. The first term is symmetric with
+    ``0 <= A^T D L A <= A^T D A``, whose norm is ``rho = ||D^(1/2) A||^2``, so its norm is at most
+    ``max(1, 2 rho - 1)``; the second is at most ``||E|| ||A||``. Every factor is a sound bound of
+    an operator built from the weights, so the sum is a sound bound for *any* weights; for a folded
+    SLL block ``d = 1 / T``, ``E`` is rounding noise and ``rho <= 1``: the bound is 1 plus the margins.
+    """
+    dense = isinstance(inner, nn.Linear)
+    kernel_a = inner.weight.detach().double()
+    kernel_b = (outer.weight.T if dense else outer.weight).detach().double()
+    per_channel = (-1,) + (1,) * (kernel_a.dim() - 1)
+    dims = tuple(range(1, kernel_a.dim()))
+    norms = kernel_a.square().sum(dims)
+    fit = -(kernel_a * kernel_b).sum(dims) / (2 * norms.clamp_min(torch.finfo(norms.dtype).tiny))
+    d = torch.where(norms > 0, fit, 0.0).clamp_min(0.0).view(per_channel)
+
+    def bound(kernel: torch.Tensor) -> float:
+        return matrix_norm_bound(kernel) if dense else _conv_bound(inner, input_shape, kernel)
+
+    rho = bound(d.sqrt() * kernel_a) ** 2
+    return max(1.0, 2 * rho - 1) + bound(kernel_b + 2 * d * kernel_a) * bound(kernel_a)
+
+
+_ADJOINT_TYPES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: nn.Linear,
+    nn.Conv1d: nn.ConvTranspose1d,
+    nn.Conv2d: nn.ConvTranspose2d,
+}
+
+
+def _adjoint_pair(branch: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(inner, outer) when ``branch`` is ``Sequential(layer, ReLU, adjoint layer)`` with matching
+    geometry (stride 1, same kernel / padding / dilation, groups 1, zero padding), else None."""
+    if not (isinstance(branch, nn.Sequential) and len(branch) == 3 and type(branch[1]) is nn.ReLU):
+        return None
+    inner, outer = branch[0], branch[2]
+    if _ADJOINT_TYPES.get(type(inner)) is not type(outer):
+        return None
+    if isinstance(inner, nn.Linear):
+        return (inner, outer) if outer.weight.shape == inner.weight.T.shape else None
+    same_geometry = (
+        outer.weight.shape == inner.weight.shape
+        and inner.kernel_size == outer.kernel_size
+        and inner.padding == outer.padding
+        and inner.dilation == outer.dilation
+        and all(s == 1 for s in inner.stride + outer.stride)
+        and not any(outer.output_padding)
+        and inner.groups == outer.groups == 1
+        and inner.padding_mode == "zeros"
+    )
+    return (inner, outer) if same_geometry else None
+
+
+def _residual_bound(
+    module: Residual, input_shape: tuple[int, ...], bound_of: Callable[[str], float]
+) -> float:
+    """``x + g(x)`` is ``1 + Lip(g)``-Lipschitz (triangle inequality). When the branch is a layer, a
+    ReLU and the adjoint layer (a folded SLL block), :func:`_sll_bound` is also sound and much
+    tighter; the smaller of the two is kept."""
+    general = 1.0 + bound_of("branch")
+    pair = _adjoint_pair(module.branch)
+    return general if pair is None else min(general, _sll_bound(*pair, input_shape))
+
+
+def _convex_residual_bound(
+    module: ConvexResidual, input_shape: tuple[int, ...], bound_of: Callable[[str], float]
+) -> float:
+    """``(1 - alpha) x + alpha g(x)`` is ``|1 - alpha| + |alpha| Lip(g)``-Lipschitz, for the stored
+    ``alpha`` whatever its value."""
+    alpha = float(module.alpha.detach())
+    return abs(1.0 - alpha) + abs(alpha) * bound_of("branch")
 
 
 LEAF_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple[int, ...]], float]] = {
@@ -86,6 +255,27 @@ LEAF_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple[int, ...]], float]]
     nn.ReLU: _one,
     nn.Flatten: _one,
     nn.Identity: _one,
+    nn.ConvTranspose1d: _conv_transpose_bound,
+    nn.ConvTranspose2d: _conv_transpose_bound,
+    nn.AdaptiveAvgPool2d: _adaptive_avg_pool_bound,
+    ScaledL2NormPool2d: _l2_norm_pool_bound,
+    GlobalL2NormPool2d: _one,
+    GroupSort: _one,
+    Abs: _one,
+    HouseHolder: _one,
+    nn.PixelShuffle: _one,
+    nn.PixelUnshuffle: _one,
+    LayerCentering: _one,
+    BatchCentering: _one,
+}
+
+# Modules made of children: the rule gets ``bound_of(child_name)``, the certified bound of that
+# child (itself composed by these rules), and combines it with the module's own weights.
+COMPOSITE_RULES: dict[
+    type[nn.Module], Callable[[nn.Module, tuple[int, ...], Callable[[str], float]], float]
+] = {
+    Residual: _residual_bound,
+    ConvexResidual: _convex_residual_bound,
 }
 
 
@@ -105,10 +295,10 @@ def _recorded_input_shapes(model: nn.Module) -> Iterator[dict[nn.Module, tuple[i
             handle.remove()
 
 
-def _rule(module: nn.Module) -> Callable[[nn.Module, tuple[int, ...]], float] | None:
+def _rule(module: nn.Module, rules: dict[type[nn.Module], Callable] = LEAF_RULES) -> Callable | None:
     for cls in type(module).__mro__:
-        if cls in LEAF_RULES:
-            return LEAF_RULES[cls]
+        if cls in rules:
+            return rules[cls]
     return None
 
 
@@ -156,15 +346,22 @@ def _compose(
             _compose(child, f"{name}.{key}" if name else key, shapes, layers)
             for key, child in module.named_children()
         )
-    rule = _rule(module)
-    if rule is None:
+    rule, composite = _rule(module), _rule(module, COMPOSITE_RULES)
+    if rule is None and composite is None:
         raise UnsupportedModuleError(
             f"no Lipschitz rule for module {name or '<root>'!r} of type {type(module).__name__}; "
             "it cannot be certified"
         )
     if module not in shapes:
         raise UnsupportedModuleError(f"module {name!r} is not called by the forward pass")
-    bound = float(rule(module, shapes[module]))
+    if composite is not None:
+
+        def bound_of(child: str) -> float:
+            return _compose(getattr(module, child), f"{name}.{child}" if name else child, shapes, [])
+
+        bound = float(composite(module, shapes[module], bound_of))
+    else:
+        bound = float(rule(module, shapes[module]))
     layers.append(LayerBound(name, type(module).__name__, bound, shapes[module]))
     return bound
 

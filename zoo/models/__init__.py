@@ -14,11 +14,17 @@ from typing import Any
 from torch import nn
 
 from zoo.models.lipconv import lipconv
+from zoo.models.lipmlp import lipmlp
+from zoo.models.lipresnet import lipresnet
+from zoo.models.orthoconv import orthoconv
 
 __all__ = ["ARCHITECTURES", "build", "check_options"]
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "lipconv": lipconv,
+    "lipmlp": lipmlp,
+    "lipresnet": lipresnet,
+    "orthoconv": orthoconv,
 }
 
 # Arguments every builder takes from the registry entry rather than from its free options.

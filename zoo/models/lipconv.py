@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from zoo.layers import GroupSort2, MaxMin, ScaledAvgPool2d, spectral_bjorck
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {"groupsort2": GroupSort2, "maxmin": MaxMin}
+from zoo.layers import ScaledAvgPool2d
+from zoo.models.common import constrain, make_activation
 
 
 def lipconv(
@@ -19,6 +18,7 @@ def lipconv(
     widths: Sequence[int] = (16, 32, 64),
     dense: Sequence[int] = (128,),
     activation: str = "groupsort2",
+    family: str = "spectral",
     bjorck_iters: int = 15,
 ) -> nn.Sequential:
     """Conv stages of 3x3 convolutions (zero padding 1) each followed by ``activation``; from the
@@ -27,26 +27,27 @@ def lipconv(
     Args:
         input_shape: (C, H, W) of the inputs, e.g. (1, 8, 8) for digits.
         num_classes: number of logits.
-        parametrized: register SpectralBjorck parametrizations (training mode) or build plain layers.
+        parametrized: register the family's parametrizations (training mode) or build plain layers.
         widths: output channels of each conv stage.
         dense: hidden widths of the dense head.
-        activation: 'groupsort2' or 'maxmin'.
-        bjorck_iters: Bjorck iterations of every parametrization.
+        activation: 'groupsort2', 'maxmin', 'abs' or 'householder'.
+        family: constraint of every conv and dense layer: 'spectral' (spectral normalisation +
+            Bjorck), 'aol', 'orthogonal' or 'frobenius'.
+        bjorck_iters: Bjorck iterations of the 'spectral' family (ignored by the others).
 
     Shape: (N, *input_shape) -> (N, num_classes).
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
     channels, height, width = input_shape
+    options = {"bjorck_iters": bjorck_iters} if family == "spectral" else {}
 
     def constrained(layer: nn.Module) -> nn.Module:
-        return spectral_bjorck(layer, bjorck_iters=bjorck_iters) if parametrized else layer
+        return constrain(layer, family, parametrized, **options)
 
     layers: list[nn.Module] = []
     for stage, out_channels in enumerate(widths):
         layers += [
             constrained(nn.Conv2d(channels, out_channels, 3, padding=1)),
-            ACTIVATIONS[activation](),
+            make_activation(activation, out_channels),
         ]
         channels = out_channels
         if stage > 0 and min(height, width) >= 2:
@@ -55,7 +56,7 @@ def lipconv(
     layers.append(nn.Flatten())
     features = channels * height * width
     for hidden in dense:
-        layers += [constrained(nn.Linear(features, hidden)), ACTIVATIONS[activation]()]
+        layers += [constrained(nn.Linear(features, hidden)), make_activation(activation, hidden)]
         features = hidden
     layers.append(constrained(nn.Linear(features, num_classes)))
     return nn.Sequential(*layers)

@@ -1,0 +1,182 @@
+"""Normalisation layers for Lipschitz networks.
+
+Centering (subtracting a mean) is an orthogonal projection plus a translation, so LayerCentering and
+BatchCentering are 1-Lipschitz in both modes, with no scaling to undo the constraint. BatchReNorm2d
+also divides by a standard deviation: in eval mode it is a per-channel affine map whose Lipschitz
+factor ``max |gamma| / sqrt(running_var + eps)`` the certificate computes from the folded weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["BatchCentering", "BatchReNorm2d", "LayerCentering", "fold_batchrenorm"]
+
+
+def _channel_view(vector: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(C,) -> (1, C, 1, ...) broadcasting over the (N, C, *) tensor ``x``."""
+    return vector.view(1, -1, *(1,) * (x.dim() - 2))
+
+
+class LayerCentering(nn.Module):
+    """``y = x - mean(x) + beta``, the mean taken per example and channel over the spatial dims
+    (over the features for a (N, C) input). Same in training and eval mode.
+
+    Args:
+        num_features: C.
+        bias: learn the per-channel ``beta`` (otherwise 0).
+
+    Shape: (N, C, *) -> (N, C, *).
+    """
+
+    def __init__(self, num_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(2, x.dim())) or (1,)
+        y = x - x.mean(dim=dims, keepdim=True)
+        return y if self.bias is None else y + _channel_view(self.bias, y)
+
+
+class BatchCentering(nn.Module):
+    """``y = x - mean + beta`` per channel: the batch mean (over N and the spatial dims) while
+    training, the running mean (a buffer, updated with ``momentum``) in eval mode.
+
+    Args:
+        num_features: C.
+        momentum: weight of the new batch mean in the running mean.
+        bias: learn the per-channel ``beta`` (otherwise 0).
+
+    Shape: (N, C, *) -> (N, C, *).
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, bias: bool = True) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.bias = nn.Parameter(torch.zeros(num_features)) if bias else None
+        self.register_buffer("running_mean", torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean = x.mean(dim=[d for d in range(x.dim()) if d != 1])
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+        else:
+            mean = self.running_mean
+        y = x - _channel_view(mean, x)
+        return y if self.bias is None else y + _channel_view(self.bias, y)
+
+
+class BatchReNorm2d(nn.Module):
+    """Batch renormalisation (Ioffe 2017) of (N, C, H, W) inputs.
+
+    Training: ``x_hat = (x - mu_B) / sigma_B * r + d`` with ``r = clip(sigma_B / sigma, 1/r_max, r_max)``
+    and ``d = clip((mu_B - mu) / sigma, -d_max, d_max)`` (no gradient through r, d), where mu, sigma
+    come from the running statistics; then ``y = gamma * x_hat + beta``. Eval: the running statistics,
+    ``y = gamma * (x - mu) / sigma + beta``, a per-channel affine map (see :meth:`folded`).
+
+    ``r_max`` and ``d_max`` are plain attributes meant to follow a schedule: 1 and 0 (batch norm) at
+    the start, relaxed during training (the paper goes to 3 and 5); set them between steps.
+
+    Args:
+        num_features: C.
+        eps: added to the variances.
+        momentum: weight of the new batch statistics in the running ones (the paper uses 0.01).
+        r_max, d_max: initial clipping limits.
+
+    Shape: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.01,
+        r_max: float = 1.0,
+        d_max: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.r_max = r_max
+        self.d_max = d_max
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _running_std(self) -> torch.Tensor:
+        return (self.running_var + self.eps).sqrt()
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), both (C,): the eval-mode map is ``y = scale * x + shift`` per channel, with
+        ``scale = gamma / sigma`` and ``shift = beta - scale * mu``."""
+        scale = self.weight / self._running_std()
+        return scale, self.bias - scale * self.running_mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            scale, shift = self.affine()
+            return x * _channel_view(scale, x) + _channel_view(shift, x)
+        dims = [0, 2, 3]
+        mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+        std = (var + self.eps).sqrt()
+        with torch.no_grad():
+            running_std = self._running_std()
+            r = (std / running_std).clamp(1 / self.r_max, self.r_max)
+            d = ((mean - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
+            count = x.numel() // x.shape[1]
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)
+        x_hat = (x - _channel_view(mean, x)) * _channel_view(r / std, x) + _channel_view(d, x)
+        return x_hat * _channel_view(self.weight, x) + _channel_view(self.bias, x)
+
+    @property
+    def lipschitz_factor(self) -> float:
+        """Lipschitz constant of the eval-mode map: ``max_c |gamma_c| / sqrt(running_var_c + eps)``."""
+        return float(self.affine()[0].detach().abs().max())
+
+    def folded(self) -> nn.Conv2d:
+        """The eval-mode map as a depthwise 1x1 ``nn.Conv2d`` (the ``zoo.fold`` hook), weight and bias
+        from :meth:`affine`."""
+        scale, shift = self.affine()
+        conv = nn.Conv2d(scale.numel(), scale.numel(), 1, groups=scale.numel())
+        conv = conv.to(device=scale.device, dtype=scale.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(scale.view(-1, 1, 1, 1))
+            conv.bias.copy_(shift)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.weight.numel()}, eps={self.eps}, momentum={self.momentum}, "
+            f"r_max={self.r_max}, d_max={self.d_max}"
+        )
+
+
+def fold_batchrenorm(conv: nn.Conv2d, norm: BatchReNorm2d) -> nn.Conv2d:
+    """One plain ``nn.Conv2d`` computing ``norm(conv(x))`` with ``norm`` in eval mode.
+
+    The per-channel scale ``gamma / sigma`` multiplies the conv's output channels and the shift goes
+    into the bias, so the certificate bounds the product as one convolution (tighter than the product
+    of two bounds). ``conv`` may be parametrized: its current weight is used.
+    """
+    scale, shift = norm.affine()
+    merged = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(device=scale.device, dtype=scale.dtype)
+    with torch.no_grad():
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+        merged.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        merged.bias.copy_(scale * bias + shift)
+    return merged
