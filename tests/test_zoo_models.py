@@ -13,7 +13,7 @@ import torch
 
 import zoo
 from training.data import load_dataset
-from training.trainer import evaluate
+from training.trainer import evaluate, test_split
 from zoo.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +27,8 @@ def test_a_shipped_model_reproduces_its_recorded_metrics(name, tmp_path):
     assert certified.certificate.lipschitz_bound == pytest.approx(
         entry.certificate["lipschitz_bound"], rel=1e-6
     )
-    data = load_dataset(entry.recipe.dataset)
-    measured = evaluate(certified.model, data.x_test, data.y_test, certified.certificate.lipschitz_bound)
+    x_test, y_test = test_split(entry, load_dataset(entry.recipe.dataset))
+    measured = evaluate(certified.model, x_test, y_test, certified.certificate.lipschitz_bound)
     assert measured["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=1e-3)
     for eps, accuracy in measured["certified_accuracy"].items():
         assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{eps}"], abs=1e-3)
@@ -97,3 +97,19 @@ def test_zoo_train_reproduces_the_shipped_digits_model(tmp_path, digits):
     assert result.metrics["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=0.01)
     for eps, accuracy in result.metrics["certified_accuracy"].items():
         assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{eps}"], abs=0.01)
+
+
+def test_zoo_report_writes_a_model_card_with_plots(tmp_path):
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    name = SHIPPED[0]
+    result = CliRunner().invoke(app, ["report", name, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / f"{name}.md").read_text()
+    bound = load_registry()[name].certificate["lipschitz_bound"]
+    assert f"{bound:.6f}" in card and "| eps (L2) | certified accuracy (%) |" in card
+    for plot in (f"{name}.certified_accuracy.png", f"{name}.layer_bounds.png"):
+        assert f"]({plot})" in card
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -55,6 +55,7 @@ __all__ = [
     "progress_bar",
     "recipe_key",
     "save_state",
+    "test_split",
     "train",
 ]
 
@@ -114,6 +115,18 @@ def evaluate(
         "clean_accuracy": clean,
         "certified_accuracy": {str(e): acc for e, acc in certified.items()},
     }
+
+
+def test_split(entry: ModelEntry, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test examples and labels a model of ``entry`` is evaluated on: the whole test set, or for
+    a transfer recipe the test examples of its target classes, relabelled as its logits are."""
+    if entry.recipe.transfer is None:
+        return data.x_test, data.y_test
+    from training.transfer.recipe import parse_transfer
+    from training.transfer.tasks import class_subset
+
+    task = class_subset(data, parse_transfer(entry).classes)
+    return task.x_test, task.y_test
 
 
 def recipe_key(entry: ModelEntry, epochs: int, seed: int) -> str:
