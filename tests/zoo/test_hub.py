@@ -17,7 +17,8 @@ from zoo.registry import get_entry
 @pytest.fixture
 def registry_with(tmp_path, monkeypatch, short_run):
     """A models.yaml holding the digits entry with the given weight fields, and a private package dir."""
-    base = get_entry("lipconv_s.digits_hkr").model_dump(mode="json", exclude={"name"})
+    weights = {"name", "checkpoint", "url", "sha256", "certificate", "metrics"}
+    base = get_entry("lipconv_s.digits_hkr").model_dump(mode="json", exclude=weights)
     sha = hashlib.sha256(short_run.checkpoint.read_bytes()).hexdigest()
     monkeypatch.setattr(zoo.hub, "PACKAGE_DIR", tmp_path / "package")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
