@@ -41,9 +41,7 @@ TIGHTNESS_CASES = [  # (label, weight shape, input size, conv keyword arguments)
 ]
 
 
-def best_times(
-    methods: dict[str, Callable[[], float]], repeats: int
-) -> dict[str, tuple[float, float]]:
+def best_times(methods: dict[str, Callable[[], float]], repeats: int) -> dict[str, tuple[float, float]]:
     """{name: (fastest wall time in seconds, value)}; one warm-up call each, then ``repeats`` rounds
     that call every method in turn, so that all of them see the same machine load."""
     values = {name: method() for name, method in methods.items()}
@@ -74,9 +72,7 @@ def tightness_table() -> None:
         print(f"{label:26} {size:>9} " + " ".join(values))
 
 
-def power_iteration_lower_bound(
-    weight: torch.Tensor, input_size: tuple[int, int], steps: int
-) -> float:
+def power_iteration_lower_bound(weight: torch.Tensor, input_size: tuple[int, int], steps: int) -> float:
     """``||conv(v)||`` for the unit ``v`` after ``steps`` power iterations on ``conv^T conv``."""
     vector = torch.randn(
         1,
@@ -97,9 +93,7 @@ def speed_table() -> None:
     print("\n2. Speed: 64 -> 64 3x3 conv, zero padding 1, 32 x 32 inputs, random N(0, 1) weights")
     weight = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(0))
     methods = {
-        "zoo fft, input 32x32": lambda: conv_bound(
-            weight, input_size=(32, 32), padding=1, method="fft"
-        ),
+        "zoo fft, input 32x32": lambda: conv_bound(weight, input_size=(32, 32), padding=1, method="fft"),
         "zoo fft, every input size": lambda: conv_bound(weight, input_size=None, padding=1),
     }
     try:

@@ -13,7 +13,7 @@ import torch
 
 import zoo
 from training.data import load_dataset
-from training.trainer import evaluate, test_split
+from training.trainer import evaluate, evaluation_split
 from zoo.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def test_a_shipped_model_reproduces_its_recorded_metrics(name, tmp_path):
     assert certified.certificate.lipschitz_bound == pytest.approx(
         entry.certificate["lipschitz_bound"], rel=1e-6
     )
-    x_test, y_test = test_split(entry, load_dataset(entry.recipe.dataset))
+    x_test, y_test = evaluation_split(entry, load_dataset(entry.recipe.dataset))
     measured = evaluate(certified.model, x_test, y_test, certified.certificate.lipschitz_bound)
     assert measured["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=1e-3)
     for eps, accuracy in measured["certified_accuracy"].items():

@@ -47,6 +47,7 @@ __all__ = [
     "deterministic",
     "epoch_order",
     "evaluate",
+    "evaluation_split",
     "finish_run",
     "learning_rate",
     "load_state",
@@ -55,7 +56,6 @@ __all__ = [
     "progress_bar",
     "recipe_key",
     "save_state",
-    "test_split",
     "train",
 ]
 
@@ -117,7 +117,7 @@ def evaluate(
     }
 
 
-def test_split(entry: ModelEntry, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluation_split(entry: ModelEntry, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The test examples and labels a model of ``entry`` is evaluated on: the whole test set, or for
     a transfer recipe the test examples of its target classes, relabelled as its logits are."""
     if entry.recipe.transfer is None:

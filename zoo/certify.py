@@ -74,8 +74,7 @@ def _avg_pool_bound(module: nn.AvgPool2d, input_shape: tuple[int, ...]) -> float
     single-channel convolution (every channel is the same block) and apply the layer's scale."""
     if module.ceil_mode or not module.count_include_pad or module.divisor_override is not None:
         raise UnsupportedModuleError(
-            "AvgPool2d is certified only with ceil_mode=False, count_include_pad=True and no "
-            "divisor_override"
+            "AvgPool2d is certified only with ceil_mode=False, count_include_pad=True and no divisor_override"
         )
     kh, kw = nn.modules.utils._pair(module.kernel_size)
     kernel = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=torch.float64)
@@ -302,9 +301,7 @@ def _rule(module: nn.Module, rules: dict[type[nn.Module], Callable] = LEAF_RULES
     return None
 
 
-def network_bound(
-    model: nn.Module, input_shape: tuple[int, ...]
-) -> tuple[float, tuple[LayerBound, ...]]:
+def network_bound(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, tuple[LayerBound, ...]]:
     """Sound upper bound of the L2 Lipschitz constant of a folded ``model`` on inputs of ``input_shape``.
 
     Args:
@@ -316,16 +313,12 @@ def network_bound(
         (global bound, per-layer bounds in computation order).
     """
     if not is_folded(model):
-        raise ValueError(
-            "the model still has parametrizations: fold it (zoo.fold) before certifying"
-        )
+        raise ValueError("the model still has parametrizations: fold it (zoo.fold) before certifying")
     was_training = model.training
     model.eval()
     try:
         parameter = next(model.parameters(), None)
-        probe = torch.zeros(
-            1, *input_shape, dtype=parameter.dtype if parameter is not None else None
-        )
+        probe = torch.zeros(1, *input_shape, dtype=parameter.dtype if parameter is not None else None)
         with _recorded_input_shapes(model) as shapes, torch.no_grad():
             model(probe)
         layers: list[LayerBound] = []
@@ -366,9 +359,7 @@ def _compose(
     return bound
 
 
-def certify(
-    model: nn.Module, input_shape: tuple[int, ...], preprocessing: dict | None = None
-) -> Certificate:
+def certify(model: nn.Module, input_shape: tuple[int, ...], preprocessing: dict | None = None) -> Certificate:
     """Compute the :class:`~zoo.certificate.Certificate` of a folded ``model``."""
     bound, layers = network_bound(model, input_shape)
     return Certificate(

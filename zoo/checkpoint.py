@@ -102,9 +102,7 @@ def read_checkpoint(path: str | os.PathLike) -> CertifiedCheckpoint:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
     metadata = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if metadata is None:
-        raise CheckpointError(
-            f"{path}: no '{METADATA_KEY}' metadata: not a certified zoo checkpoint"
-        )
+        raise CheckpointError(f"{path}: no '{METADATA_KEY}' metadata: not a certified zoo checkpoint")
     try:
         document = json.loads(metadata)
         architecture = dict(document["architecture"])

@@ -283,13 +283,13 @@ def report(
 ) -> None:
     """Write a model card: Markdown with certified accuracy against eps and per-layer bounds plots."""
     from training.data import load_dataset
-    from training.trainer import test_split
+    from training.trainer import evaluation_split
     from zoo.report import write_model_card
 
     with _user_errors():
         entry = get_entry(name)
         certified = load(name)
-        x_test, y_test = test_split(entry, load_dataset(entry.recipe.dataset, data_dir))
+        x_test, y_test = evaluation_split(entry, load_dataset(entry.recipe.dataset, data_dir))
         card = write_model_card(entry, certified, x_test, y_test, out)
     console.print(f"model card: {card}")
 

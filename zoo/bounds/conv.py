@@ -121,9 +121,7 @@ class ConvGeometry:
         """Spatial output size for a spatial input size (torch's formula)."""
         return tuple(
             (n + pl + pr - e) // s + 1
-            for n, (pl, pr), e, s in zip(
-                input_size, self.pads, self.extents, self.stride, strict=True
-            )
+            for n, (pl, pr), e, s in zip(input_size, self.pads, self.extents, self.stride, strict=True)
         )
 
     def input_size_problem(self, dim: int, n: int) -> str | None:
@@ -244,9 +242,7 @@ def apply_conv(weight: torch.Tensor, inputs: torch.Tensor, geometry: ConvGeometr
     mode = "constant" if geometry.padding_mode == "zeros" else geometry.padding_mode
     padded = F.pad(inputs, torch_pads, mode=mode)
     conv = F.conv1d if len(geometry.kernel) == 1 else F.conv2d
-    return conv(
-        padded, weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups
-    )
+    return conv(padded, weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups)
 
 
 def conv_operator_matrix(
@@ -367,13 +363,9 @@ def _gram_symbol(symbol: _Symbol) -> _Symbol:
     if taps.shape[-2] < taps.shape[-1]:  # use K K^H: transposed taps at negated positions
         taps, positions = taps.mT, -positions
     differences = positions[None, :, :] - positions[:, None, :]  # [u, v] -> v - u
-    unique, index = torch.unique(
-        differences.reshape(-1, positions.shape[1]), dim=0, return_inverse=True
-    )
+    unique, index = torch.unique(differences.reshape(-1, positions.shape[1]), dim=0, return_inverse=True)
     count = len(positions)
-    gram = torch.zeros(
-        len(unique), *taps.shape[1:2], taps.shape[-1], taps.shape[-1], dtype=torch.float64
-    )
+    gram = torch.zeros(len(unique), *taps.shape[1:2], taps.shape[-1], taps.shape[-1], dtype=torch.float64)
     for u in range(count):
         gram.index_add_(0, index[u * count : (u + 1) * count], taps[u].mT @ taps)
     return _Symbol(taps=gram, positions=unique)
@@ -459,12 +451,8 @@ def prefers_exact(geometry: ConvGeometry, input_size: tuple[int, ...]) -> bool:
 def _exact_norm(weight: torch.Tensor, geometry: ConvGeometry, input_size: tuple[int, ...]) -> float:
     """Largest singular value of the dense operator, maximised over the groups (block-diagonal)."""
     groups = geometry.groups
-    one_group = replace(
-        geometry, groups=1, c_in=geometry.c_in // groups, c_out=geometry.c_out // groups
-    )
-    matrices = torch.stack(
-        [_operator_matrix(part, one_group, input_size) for part in weight.chunk(groups)]
-    )
+    one_group = replace(geometry, groups=1, c_in=geometry.c_in // groups, c_out=geometry.c_out // groups)
+    matrices = torch.stack([_operator_matrix(part, one_group, input_size) for part in weight.chunk(groups)])
     return float(spectral_norm_bounds(matrices, exact_max_dim=min(matrices.shape[-2:])).max())
 
 
@@ -473,9 +461,7 @@ def _fft_norm(weight: torch.Tensor, geometry: ConvGeometry, input_size: tuple[in
     mode, pads = geometry.padding_mode, geometry.pads
     if mode == "circular":
         # polyphase only along dims the stride divides; elsewhere the rows are a subset of stride 1
-        stride = tuple(
-            s if n % s == 0 else 1 for n, s in zip(input_size, geometry.stride, strict=True)
-        )
+        stride = tuple(s if n % s == 0 else 1 for n, s in zip(input_size, geometry.stride, strict=True))
         grid = tuple(n // s for n, s in zip(input_size, stride, strict=True))
         out_size = geometry.output_size(input_size)
         multiplicity = math.prod(
@@ -487,9 +473,7 @@ def _fft_norm(weight: torch.Tensor, geometry: ConvGeometry, input_size: tuple[in
     if mode == "zeros":
         multiplicity = 1
     else:  # reflect / replicate: ||valid conv on the padded size|| * ||padding map||
-        multiplicity = math.prod(
-            _pad_multiplicity(n, p, mode) for n, p in zip(input_size, pads, strict=True)
-        )
+        multiplicity = math.prod(_pad_multiplicity(n, p, mode) for n, p in zip(input_size, pads, strict=True))
         input_size = tuple(n + pl + pr for n, (pl, pr) in zip(input_size, pads, strict=True))
         pads = ((0, 0),) * len(input_size)
     grid = tuple(
@@ -511,9 +495,7 @@ def _worst_multiplicity(geometry: ConvGeometry, dim: int) -> int:
     sizes = range(start, max(start, pl + pr + 2) + 1)
     if mode == "circular":
         stride, extent = geometry.stride[dim], geometry.extents[dim]
-        worst = max(
-            _row_multiplicity(n, (n + pl + pr - extent) // stride + 1, stride, pl) for n in sizes
-        )
+        worst = max(_row_multiplicity(n, (n + pl + pr - extent) // stride + 1, stride, pl) for n in sizes)
         return max(worst, 2 if pl + pr >= extent else 1)
     return max(_pad_multiplicity(n, (pl, pr), mode) for n in sizes)
 

@@ -65,9 +65,7 @@ def gram_iteration_bound(matrices: torch.Tensor, steps: int) -> torch.Tensor:
         safety margin applied).
     """
     if matrices.dim() < 2:
-        raise ValueError(
-            f"matrices must have at least 2 dimensions, got shape {tuple(matrices.shape)}"
-        )
+        raise ValueError(f"matrices must have at least 2 dimensions, got shape {tuple(matrices.shape)}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     gram = as_float64(matrices, "matrices")
@@ -76,9 +74,7 @@ def gram_iteration_bound(matrices: torch.Tensor, steps: int) -> torch.Tensor:
     if gram.shape[-1] == 0:
         return torch.zeros(gram.shape[:-2], dtype=torch.float64)
 
-    peak = gram.abs().amax(
-        dim=(-2, -1)
-    )  # scale to max |entry| = 1 first: no overflow, no underflow
+    peak = gram.abs().amax(dim=(-2, -1))  # scale to max |entry| = 1 first: no overflow, no underflow
     is_zero = peak == 0
     peak = torch.where(is_zero, torch.ones_like(peak), peak)
     gram = gram / peak[..., None, None]
@@ -144,9 +140,7 @@ def batch_max_eigenvalue_bound(
     """
     size = grams.shape[-1]
     if size > exact_max_dim:  # Gram iteration: upper bounds only, no value known to be attained
-        bounds = psd_max_eigenvalue_bounds(
-            grams, exact_max_dim=exact_max_dim, gram_steps=gram_steps
-        )
+        bounds = psd_max_eigenvalue_bounds(grams, exact_max_dim=exact_max_dim, gram_steps=gram_steps)
         return float(bounds.max()), known_lower
     if size < _PRUNE_MIN_DIM:  # small matrices: solving them all is cheaper than pruning
         largest = float(psd_max_eigenvalue_bounds(grams).max())
@@ -189,9 +183,7 @@ def spectral_norm_bounds(
     return psd_max_eigenvalue_bounds(grams, exact_max_dim=exact_max_dim).sqrt()
 
 
-def matrix_norm_bound(
-    matrix: torch.Tensor, *, exact_max_dim: int = 2048, gram_steps: int = 12
-) -> float:
+def matrix_norm_bound(matrix: torch.Tensor, *, exact_max_dim: int = 2048, gram_steps: int = 12) -> float:
     """Sound upper bound of the spectral norm (largest singular value) of a 2-D matrix.
 
     Exact in float64 when ``min(shape) <= exact_max_dim`` (largest eigenvalue of the smaller Gram

@@ -86,9 +86,7 @@ def _ascend_ratio(
     return best, x.detach(), y.detach()
 
 
-def _max_jacobian_norm(
-    model: torch.nn.Module, points: torch.Tensor, *, generator: torch.Generator
-) -> float:
+def _max_jacobian_norm(model: torch.nn.Module, points: torch.Tensor, *, generator: torch.Generator) -> float:
     """Largest ``||J(x)||_2`` over the points, by batched power iteration (lower estimates).
 
     Reverse mode gives ``J^T u``; since it is linear in ``u``, differentiating it with respect to
