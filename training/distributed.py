@@ -70,5 +70,7 @@ class DistributedContext:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group once every rank got here."""
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()

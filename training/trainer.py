@@ -403,6 +403,9 @@ def train(
                         history=history,
                     )
                 context.barrier()
+    # Release DDP (its reducer holds gloo / nccl work) before the process group goes away: destroying
+    # the group under a live reducer can abort a rank at exit ("terminate called ...").
+    del trained
     context.close()
     if not context.is_main:
         return None
