@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from layer_checks import jacobian_matrix
 from torch import nn
-from torch.func import jacrev
 from torch.nn.utils import parametrize
 
 from zoo.certify import network_bound
@@ -256,9 +256,7 @@ def jacobian_norms(layer: nn.Module, shape: tuple[int, ...], points: int = 3) ->
     results = []
     with parametrize.cached():  # the weights do not depend on the input: compute them once
         for _ in range(points):
-            x = torch.randn(*shape, dtype=torch.float64)
-            jac = jacrev(lambda v: layer(v.unsqueeze(0)).squeeze(0))(x).detach()
-            results.append(torch.linalg.svdvals(jac.reshape(-1, x.numel())))
+            results.append(torch.linalg.svdvals(jacobian_matrix(layer, shape)))
     return results
 
 

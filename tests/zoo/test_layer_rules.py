@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from layer_checks import jacobian_matrix
 from torch import nn
 from torch.func import jacrev
 
@@ -44,9 +45,7 @@ def jacobian_norm(module: nn.Module, shape: tuple[int, ...], points: int = 4) ->
     module = module.double().eval()
     norms = []
     for _ in range(points):
-        x = torch.randn(*shape, dtype=torch.float64)
-        jac = jacrev(lambda v: module(v.unsqueeze(0)).squeeze(0))(x).detach()
-        norms.append(float(torch.linalg.matrix_norm(jac.reshape(-1, x.numel()), ord=2)))
+        norms.append(float(torch.linalg.matrix_norm(jacobian_matrix(module, shape), ord=2)))
     return max(norms)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from layer_checks import jacobian_matrix
 from torch import nn
-from torch.func import jacrev
 
 from zoo.fold import fold, is_folded
 from zoo.layers import GroupSort2, MaxMin, ScaledAvgPool2d, SpectralConv2d, SpectralLinear
@@ -17,11 +17,7 @@ TOL = 1e-4
 
 def dense_matrix(layer: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
     """Jacobian of ``layer`` at a random point, as a (out_numel, in_numel) float64 matrix."""
-    layer = layer.double()
-    x = torch.randn(*input_shape, dtype=torch.float64)
-    jac = jacrev(lambda v: layer(v.unsqueeze(0)).squeeze(0))(x)
-    out_numel = jac.numel() // x.numel()
-    return jac.reshape(out_numel, x.numel())
+    return jacobian_matrix(layer.double(), input_shape)
 
 
 def largest_singular_value(matrix: torch.Tensor) -> float:
