@@ -15,8 +15,9 @@ Assumptions: the graph has one input-dependent input (initializers are constants
 as graph inputs), its first axis is the batch axis and its other dimensions are fixed (a bound
 depends on the input size); the default-domain opset is >= 13. Not supported, among others: Shape of
 an input-dependent tensor (it would make the batch size a value), products and quotients of two
-input-dependent tensors (not globally Lipschitz), 3-D and transposed convolutions, normalisations
-other than inference-mode BatchNormalization, Softmax, control flow (If, Loop).
+input-dependent tensors (not globally Lipschitz), 3-D convolutions, normalisations
+other than inference-mode BatchNormalization, Softmax, control flow (If, Loop), ConvTranspose with
+auto_pad or output_shape.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from export.propagation import (
     average_pool_gain,
     window_coverage,
 )
-from zoo.bounds import conv_bound, matrix_norm_bound
+from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, matrix_norm_bound
 from zoo.certificate import LayerBound
 
 __all__ = ["MIN_OPSET", "REINDEXING", "RULES", "GraphBound", "graph_bound"]
@@ -190,6 +191,8 @@ def _lipschitz_of_scalar_map(node: onnx.NodeProto) -> float:
 def _elementwise(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Each output value is a scalar function of one input value with Lipschitz constant 1 (Relu,
     Abs, Neg, Clip, Tanh), max(1, |alpha|) (LeakyRelu) or 1/4 (Sigmoid)."""
+    if node.op_type == "Relu":
+        return [walk.tracker.relu(_data(inputs))]
     bounds = [_constant(inputs, position, "bound") for position in range(1, len(inputs))]
     alike = all(bound is None or bound.size == 1 for bound in bounds)
     return [walk.tracker.elementwise(_data(inputs), _lipschitz_of_scalar_map(node), alike)]
@@ -312,16 +315,56 @@ def _conv(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]
     else:
         source, padding, mode = padded
         input_size = source.shape[2:]
+    stride = tuple(attributes.get("strides", [1] * len(spatial)))
+    dilation = tuple(attributes.get("dilations", [1] * len(spatial)))
+    groups = attributes.get("group", 1)
+    weight = torch.tensor(weight)
     gain = conv_bound(
-        torch.tensor(weight),
+        weight,
         input_size=input_size,
-        stride=tuple(attributes.get("strides", [1] * len(spatial))),
+        stride=stride,
         padding=padding,
-        dilation=tuple(attributes.get("dilations", [1] * len(spatial))),
-        groups=attributes.get("group", 1),
+        dilation=dilation,
+        groups=groups,
         padding_mode=mode,
     )
-    return [walk.tracker.transformed(source, gain, walk.shape(node.output[0]))]
+    plain = source is x and input_size == spatial  # zero padding, in the Conv itself and symmetric
+    layer = LinearMap(weight, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return [walk.tracker.linear(source, gain, walk.shape(node.output[0]), layer if plain else None)]
+
+
+def _conv_transpose(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """ConvTranspose is the adjoint of a convolution on its output size (conv_transpose_bound, bias
+    excluded). Asymmetric pads crop the output of the unpadded transposed convolution, and
+    cropping does not increase a norm, so that one is bounded then."""
+    x, weight = _data(inputs), torch.tensor(_constant(inputs, 1, "weight"))
+    _constant(inputs, 2, "bias")
+    attributes = _attributes(node)
+    if attributes.get("auto_pad", "NOTSET") != "NOTSET" or "output_shape" in attributes:
+        raise UnsupportedOpError("auto_pad and output_shape are not supported: export with explicit pads")
+    spatial = _spatial(x)
+    rank = len(spatial)
+    pads = _pads(attributes, spatial, list(weight.shape[2:]))
+    symmetric = all(begin == end for begin, end in pads)
+    layer = LinearMap(
+        weight,
+        transposed=True,
+        stride=tuple(attributes.get("strides", [1] * rank)),
+        padding=tuple(begin for begin, _ in pads) if symmetric else (0,) * rank,
+        dilation=tuple(attributes.get("dilations", [1] * rank)),
+        output_padding=tuple(attributes.get("output_padding", [0] * rank)) if symmetric else (0,) * rank,
+        groups=attributes.get("group", 1),
+    )
+    gain = conv_transpose_bound(
+        weight,
+        input_size=spatial,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        output_padding=layer.output_padding,
+        groups=layer.groups,
+    )
+    return [walk.tracker.linear(x, gain, walk.shape(node.output[0]), layer if symmetric else None)]
 
 
 def _matrix_gain(matrix: np.ndarray) -> float:
@@ -337,9 +380,9 @@ def _gemm(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]
     attributes = _attributes(node)
     if attributes.get("transA", 0):
         raise UnsupportedOpError("transA=1 would contract the batch axis")
-    matrix = weight if attributes.get("transB", 0) else weight.T
-    gain = abs(attributes.get("alpha", 1.0)) * _matrix_gain(matrix)
-    return [walk.tracker.transformed(x, gain, walk.shape(node.output[0]))]
+    matrix = attributes.get("alpha", 1.0) * (weight if attributes.get("transB", 0) else weight.T)
+    layer = LinearMap(torch.tensor(matrix))
+    return [walk.tracker.linear(x, _matrix_gain(matrix), walk.shape(node.output[0]), layer)]
 
 
 def _matmul(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -357,7 +400,9 @@ def _matmul(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
         x, matrix = b, (weight[None, :] if weight.ndim == 1 else weight)
         if x.index.ndim < 3:
             raise UnsupportedOpError("W @ x on a 2-D x would contract the batch axis")
-    return [walk.tracker.transformed(x, _matrix_gain(matrix), walk.shape(node.output[0]))]
+    rows = isinstance(a, Signal) and weight.ndim == 2 and x.index.ndim == 2  # x @ W, one row per example
+    layer = LinearMap(torch.tensor(matrix)) if rows else None
+    return [walk.tracker.linear(x, _matrix_gain(matrix), walk.shape(node.output[0]), layer)]
 
 
 def _average_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -450,6 +495,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("Max", "Min"), _extremum),
     "TopK": _top_k,
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
     "MatMul": _matmul,
     "AveragePool": _average_pool,

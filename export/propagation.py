@@ -28,6 +28,15 @@ Variants
     tensor whose index array is a padding of its central part *is* that padding of a vector, which
     lets a convolution absorb a pad that a graph spells as separate ops (:meth:`Tracker.padding_of`).
 
+Composite rules
+    A rule that bounds a linear layer records it (:meth:`Tracker.linear`, with its weight as a
+    :class:`~zoo.bounds.LinearMap`), and so does a ReLU (:meth:`Tracker.relu`). When a sum has two
+    terms ``x`` and ``B relu(A x + b)``, with ``A``, ``B`` an adjoint pair of layers applied to that
+    very signal ``x`` (the form of a folded SLL block), :meth:`Tracker.summed` also bounds the block
+    as a whole (:func:`~zoo.bounds.adjoint_residual_bound`, about 1 instead of about 3) and keeps
+    the smaller bound. The match is by signal identity: signals never change, so the same object
+    means the same values.
+
 Batch
     Arrays keep the batch axis first, and sources number their values example after example. So
     :meth:`Tracker.reindexed` refuses any op that moves a value into another example's row: a bound
@@ -45,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo.bounds import conv_bound
+from zoo.bounds import LinearMap, adjoint_residual_bound, conv_bound
 from zoo.certificate import LayerBound
 
 __all__ = [
@@ -114,6 +123,9 @@ class Tracker:
         self._size = 0
         self._variants = itertools.count()
         self._groups: dict[tuple[int, ...], tuple[Sequence[Signal], list[Signal]]] = {}
+        # id(output) -> (output, input, layer) / (output, input); the output is kept alive with its id
+        self._linear: dict[int, tuple[Signal, Signal, LinearMap]] = {}
+        self._relus: dict[int, tuple[Signal, Signal]] = {}
 
     def source(self, shape: Sequence[int], bound: float) -> Signal:
         """A new source of ``shape`` (batch first) whose bound with respect to the graph input is
@@ -189,11 +201,43 @@ class Tracker:
         """The output, of ``shape``, of a ``gain``-Lipschitz map of the whole tensor ``signal``."""
         return self.source(shape, gain * self.bound(signal))
 
+    def linear(self, signal: Signal, gain: float, shape: Sequence[int], layer: LinearMap | None) -> Signal:
+        """:meth:`transformed` for a linear layer of operator norm at most ``gain``; ``layer`` (None
+        when the rule has no :class:`~zoo.bounds.LinearMap` for it) is kept for composite rules."""
+        output = self.transformed(signal, gain, shape)
+        if layer is not None:
+            self._linear[id(output)] = (output, signal, layer)
+        return output
+
+    def relu(self, signal: Signal) -> Signal:
+        """ReLU of ``signal`` (1-Lipschitz, applied alike to every entry), kept for composite rules."""
+        output = self.elementwise(signal, 1.0, alike=True)
+        self._relus[id(output)] = (output, signal)
+        return output
+
     def summed(self, terms: Sequence[Signal]) -> Signal:
         """The sum of same-shape terms, bounded by the smaller of the triangle inequality (the sum of
-        their bounds) and Cauchy-Schwarz (``sqrt(len(terms))`` times their joint bound)."""
+        their bounds) and Cauchy-Schwarz (``sqrt(len(terms))`` times their joint bound), and for a
+        residual block ``x + B relu(A x + b)`` by :meth:`adjoint_residual_gain` times ``x``'s bound."""
         triangle = sum(self.bound(term) for term in terms)
-        return self.source(terms[0].shape, min(triangle, math.sqrt(len(terms)) * self.bound(*terms)))
+        bound = min(triangle, math.sqrt(len(terms)) * self.bound(*terms))
+        if len(terms) == 2:
+            for x, branch in (terms, terms[::-1]):
+                gain = self.adjoint_residual_gain(x, branch)
+                if gain is not None:
+                    bound = min(bound, gain * self.bound(x))
+        return self.source(terms[0].shape, bound)
+
+    def adjoint_residual_gain(self, x: Signal, branch: Signal) -> float | None:
+        """Bound of the map ``x -> x + branch`` when ``branch`` was computed as ``B relu(A x + b)``
+        from this very ``x``, with recorded layers ``A`` and ``B`` of adjoint geometry
+        (:func:`~zoo.bounds.adjoint_residual_bound`); None otherwise."""
+        outer = self._linear.get(id(branch))
+        relu = None if outer is None else self._relus.get(id(outer[1]))
+        inner = None if relu is None else self._linear.get(id(relu[1]))
+        if inner is None or inner[1] is not x or branch.shape != x.shape:
+            return None
+        return adjoint_residual_bound(inner[2], outer[2], x.shape[2:])
 
     def sorted_group(self, operands: Sequence[Signal]) -> list[Signal]:
         """Ranks of same-shape operands sorted value by value: ``ranks[r][k]`` is the r-th smallest of

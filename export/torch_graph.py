@@ -39,7 +39,7 @@ from export.propagation import (
     average_pool_gain,
     window_coverage,
 )
-from zoo.bounds import conv_bound, matrix_norm_bound
+from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, matrix_norm_bound
 from zoo.certificate import LayerBound
 
 __all__ = ["REINDEXING", "RULES", "program_bound"]
@@ -290,27 +290,48 @@ def _allocation(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> An
 
 
 def _conv(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
-    """convolution is linear with operator norm at most conv_bound (bias excluded); a padding spelled
-    as separate ops before it is absorbed (Tracker.padding_of)."""
+    """convolution is linear with operator norm at most conv_bound (bias excluded), a transposed one
+    is the adjoint of a convolution on its output size (conv_transpose_bound); a padding spelled as
+    separate ops before a convolution is absorbed (Tracker.padding_of)."""
     x, weight = a["input"], _constant(a["weight"], "weight")
     _constant(a["bias"], "bias")
-    if a["transposed"]:
-        raise UnsupportedOpError("transposed convolutions are not supported")
-    padding, mode = tuple(a["padding"]), "zeros"
+    layer = LinearMap(
+        weight,
+        transposed=a["transposed"],
+        stride=tuple(a["stride"]),
+        padding=tuple(a["padding"]),
+        dilation=tuple(a["dilation"]),
+        output_padding=tuple(a["output_padding"]),
+        groups=a["groups"],
+    )
     source = _signal(x)
+    shape = run.shadow(func, a).shape
+    if layer.transposed:
+        gain = conv_transpose_bound(
+            weight,
+            input_size=source.shape[2:],
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            output_padding=layer.output_padding,
+            groups=layer.groups,
+        )
+        return run.wrap(run.tracker.linear(source, gain, shape, layer), x.dtype)
+    padding, mode = layer.padding, "zeros"
     padded = None if any(padding) else run.tracker.padding_of(source, weight.shape[2:])
     if padded is not None:
         source, padding, mode = padded
     gain = conv_bound(
         weight,
         input_size=source.shape[2:],
-        stride=tuple(a["stride"]),
+        stride=layer.stride,
         padding=padding,
-        dilation=tuple(a["dilation"]),
-        groups=a["groups"],
+        dilation=layer.dilation,
+        groups=layer.groups,
         padding_mode=mode,
     )
-    return run.wrap(run.tracker.transformed(source, gain, run.shadow(func, a).shape), x.dtype)
+    plain = padded is None  # zero padding, in the convolution itself
+    return run.wrap(run.tracker.linear(source, gain, shape, layer if plain else None), x.dtype)
 
 
 def _matrix_product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
@@ -318,10 +339,12 @@ def _matrix_product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -
     alpha x W has norm |alpha| ||W||."""
     x, bias = (a["mat1"], a["self"]) if "mat1" in a else (a["self"], None)
     _constant(bias, "bias")
-    matrix = _constant(a["mat2"], "matrix")
-    gain = abs(a.get("alpha", 1)) * matrix_norm_bound(matrix.T)
-    shape = (x.shape[0], matrix.shape[1])
-    return run.wrap(run.tracker.transformed(_signal(x, "first matrix"), gain, shape), x.dtype)
+    matrix = a.get("alpha", 1) * _constant(a["mat2"], "matrix").T  # torch's (out, in) layout
+    shape = (x.shape[0], matrix.shape[0])
+    layer = LinearMap(matrix)
+    return run.wrap(
+        run.tracker.linear(_signal(x, "first matrix"), matrix_norm_bound(matrix), shape, layer), x.dtype
+    )
 
 
 _SCALAR_MAPS: dict[str, Callable[[dict[str, Any]], float]] = {
@@ -342,6 +365,8 @@ def _elementwise(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> A
     """Each output value is a scalar function of one input value with Lipschitz constant 1 (relu, abs,
     neg, tanh, clamps), max(1, |slope|) (leaky_relu) or 1/4 (sigmoid)."""
     x = a["self"]
+    if _op_name(func) == "relu":
+        return run.wrap(run.tracker.relu(_signal(x)), x.dtype)
     bounds = [_constant(a[k], "bound") for k in ("min", "max", "min_val", "max_val") if k in a]
     alike = all(_is_scalar(bound) for bound in bounds if bound is not None)
     factor = _SCALAR_MAPS[_op_name(func)](a)
@@ -362,7 +387,8 @@ def _sum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
             constants.append(value)
             continue
         signal = run.tracker.broadcast(value.signal, shape)
-        terms.append(run.tracker.elementwise(signal, alpha if key == scaled else 1.0, alike=True))
+        factor = alpha if key == scaled else 1.0
+        terms.append(signal if factor == 1 else run.tracker.elementwise(signal, factor, alike=True))
     if len(terms) > 1:
         return run.wrap(run.tracker.summed(terms), dtype)
     alike = all(_is_scalar(value) for value in constants)

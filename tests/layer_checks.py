@@ -1,10 +1,13 @@
-"""Ground truth shared by the layer tests, computed independently of the bound engine."""
+"""Ground truth shared by the layer tests, computed independently of the bound engine, and the
+residual blocks that the certifier and the artifact verifiers are both checked on."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.func import jacrev
+
+from zoo.layers import Residual
 
 
 def jacobian_matrix(layer: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
@@ -13,3 +16,21 @@ def jacobian_matrix(layer: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     x = torch.randn(*shape, dtype=torch.float64)
     jac = jacrev(lambda v: layer(v.unsqueeze(0)).squeeze(0))(x).detach()
     return jac.reshape(-1, x.numel())
+
+
+def adjoint_residual(kind: str, noise: float, sign: float) -> tuple[Residual, tuple[int, ...]]:
+    """``x + B relu(A x + b)`` with ``B = sign * 2 A^T D + noise`` for random positive ``D``."""
+    if kind == "linear":
+        inner, outer, shape = nn.Linear(5, 8), nn.Linear(8, 5, bias=False), (5,)
+        outer_kernel = lambda k: k.T  # noqa: E731
+    elif kind == "conv1d":
+        inner, outer, shape = nn.Conv1d(3, 4, 3, padding=1), nn.ConvTranspose1d(4, 3, 3, padding=1), (3, 7)
+        outer_kernel = lambda k: k  # noqa: E731
+    else:
+        inner, outer, shape = nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 3, 3, padding=1), (3, 5, 5)
+        outer_kernel = lambda k: k  # noqa: E731
+    with torch.no_grad():
+        d = torch.rand(inner.weight.shape[0]).view(-1, *(1,) * (inner.weight.dim() - 1)) * 0.3
+        kernel = sign * 2 * d * inner.weight + noise * torch.randn_like(inner.weight)
+        outer.weight.copy_(outer_kernel(kernel))
+    return Residual(nn.Sequential(inner, nn.ReLU(), outer)), shape

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
-from zoo.bounds import RELATIVE_MARGIN, conv_bound, matrix_norm_bound
+from zoo.bounds import (
+    RELATIVE_MARGIN,
+    LinearMap,
+    adjoint_residual_bound,
+    conv_bound,
+    conv_transpose_bound,
+    matrix_norm_bound,
+)
 from zoo.certificate import Certificate, LayerBound, weights_sha256
 from zoo.fold import is_folded
 from zoo.layers import (
@@ -54,12 +61,9 @@ def _linear_bound(module: nn.Linear, input_shape: tuple[int, ...]) -> float:
     return matrix_norm_bound(module.weight)
 
 
-def _conv_bound(
-    module: nn.Conv1d | nn.Conv2d, input_shape: tuple[int, ...], weight: torch.Tensor | None = None
-) -> float:
-    """Bound of ``module``'s convolution, or of the same geometry with another ``weight``."""
+def _conv_bound(module: nn.Conv1d | nn.Conv2d, input_shape: tuple[int, ...]) -> float:
     return conv_bound(
-        module.weight if weight is None else weight,
+        module.weight,
         input_size=input_shape[1:],
         stride=module.stride,
         padding=module.padding,
@@ -90,27 +94,14 @@ def _avg_pool_bound(module: nn.AvgPool2d, input_shape: tuple[int, ...]) -> float
 def _conv_transpose_bound(
     module: nn.ConvTranspose1d | nn.ConvTranspose2d, input_shape: tuple[int, ...]
 ) -> float:
-    """A transposed convolution is the adjoint of the convolution with the same weight and arguments
-    on its *output* size (``output_padding`` picks that size), and an operator and its adjoint have
-    the same norm."""
-    output_size = [
-        (n - 1) * s - 2 * p + d * (k - 1) + extra + 1
-        for n, s, p, d, k, extra in zip(
-            input_shape[1:],
-            module.stride,
-            module.padding,
-            module.dilation,
-            module.kernel_size,
-            module.output_padding,
-            strict=True,
-        )
-    ]
-    return conv_bound(
+    """The adjoint of a convolution on the output size (:func:`zoo.bounds.conv_transpose_bound`)."""
+    return conv_transpose_bound(
         module.weight,
-        input_size=tuple(output_size),
+        input_size=input_shape[1:],
         stride=module.stride,
         padding=module.padding,
         dilation=module.dilation,
+        output_padding=module.output_padding,
         groups=module.groups,
     )
 
@@ -156,82 +147,37 @@ def _l2_norm_pool_bound(module: ScaledL2NormPool2d, input_shape: tuple[int, ...]
 def _one(module: nn.Module, input_shape: tuple[int, ...]) -> float:
     """Ops that are 1-Lipschitz in L2 by their definition, for every value of their parameters:
     permutations within groups (sorting, MaxMin, pixel (un)shuffle), elementwise 1-Lipschitz maps
-    (ReLU, Abs), pairwise reflections (HouseHolder: ``v`` is normalised from its angle), reshapes,
-    centering (an orthogonal projection plus a translation; BatchCentering in eval mode is a
-    translation) and the global L2 norm pool (every pixel in one window, see ScaledL2NormPool2d)."""
+    (ReLU, Abs), reshapes, centering (an orthogonal projection plus a translation; BatchCentering in
+    eval mode is a translation) and the global L2 norm pool (every pixel in one window, see
+    ScaledL2NormPool2d)."""
     return 1.0
 
 
-def _sll_bound(inner: nn.Module, outer: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """Bound of ``x -> x + B relu(A x + b)`` from its weights, tight for folded SLL blocks.
-
-    ``A`` is ``inner`` (dense or stride-1 convolution) and ``B`` is ``outer``, a layer of the adjoint
-    geometry (dense, or transposed convolution with the same arguments), so ``B`` is the adjoint map
-    of the kernel ``K_B`` read in ``A``'s layout. Fit per hidden channel ``h`` the weight
-    ``d_h = max(0, -<K_B[h], K_A[h]> / (2 ||K_A[h]||^2))`` and let ``E = K_B + 2 D K_A`` (the part of
-    ``B`` that is not ``-2 A^T D``). With ``L`` the ReLU slopes between two inputs (diagonal, in
-    [0, 1]) the difference of outputs is ``J (x - y)`` with
-    ``J = (I - 2 A^T D L A) + E^T L A``. The first term is symmetric with
-    ``0 <= A^T D L A <= A^T D A``, whose norm is ``rho = ||D^(1/2) A||^2``, so its norm is at most
-    ``max(1, 2 rho - 1)``; the second is at most ``||E|| ||A||``. Every factor is a sound bound of
-    an operator built from the weights, so the sum is a sound bound for *any* weights; for a folded
-    SLL block ``d = 1 / T``, ``E`` is rounding noise and ``rho <= 1``: the bound is 1 plus the margins.
-    """
-    dense = isinstance(inner, nn.Linear)
-    kernel_a = inner.weight.detach().double()
-    kernel_b = (outer.weight.T if dense else outer.weight).detach().double()
-    per_channel = (-1,) + (1,) * (kernel_a.dim() - 1)
-    dims = tuple(range(1, kernel_a.dim()))
-    norms = kernel_a.square().sum(dims)
-    fit = -(kernel_a * kernel_b).sum(dims) / (2 * norms.clamp_min(torch.finfo(norms.dtype).tiny))
-    d = torch.where(norms > 0, fit, 0.0).clamp_min(0.0).view(per_channel)
-
-    def bound(kernel: torch.Tensor) -> float:
-        return matrix_norm_bound(kernel) if dense else _conv_bound(inner, input_shape, kernel)
-
-    rho = bound(d.sqrt() * kernel_a) ** 2
-    return max(1.0, 2 * rho - 1) + bound(kernel_b + 2 * d * kernel_a) * bound(kernel_a)
+def _householder_bound(module: HouseHolder, input_shape: tuple[int, ...]) -> float:
+    """The Householder activation computes ``x - 2 A^T relu(A x)`` (see its docstring): an adjoint
+    residual block, bounded from ``A`` like a folded SLL block (about 1)."""
+    inner, outer = module.linear_maps(len(input_shape) - 1)
+    return adjoint_residual_bound(inner, outer, input_shape[1:])
 
 
-_ADJOINT_TYPES: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Linear: nn.Linear,
-    nn.Conv1d: nn.ConvTranspose1d,
-    nn.Conv2d: nn.ConvTranspose2d,
-}
-
-
-def _adjoint_pair(branch: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """(inner, outer) when ``branch`` is ``Sequential(layer, ReLU, adjoint layer)`` with matching
-    geometry (stride 1, same kernel / padding / dilation, groups 1, zero padding), else None."""
+def _adjoint_maps(branch: nn.Module) -> tuple[LinearMap, LinearMap] | None:
+    """(inner, outer) maps when ``branch`` is ``Sequential(layer, ReLU, layer)``, else None."""
     if not (isinstance(branch, nn.Sequential) and len(branch) == 3 and type(branch[1]) is nn.ReLU):
         return None
-    inner, outer = branch[0], branch[2]
-    if _ADJOINT_TYPES.get(type(inner)) is not type(outer):
-        return None
-    if isinstance(inner, nn.Linear):
-        return (inner, outer) if outer.weight.shape == inner.weight.T.shape else None
-    same_geometry = (
-        outer.weight.shape == inner.weight.shape
-        and inner.kernel_size == outer.kernel_size
-        and inner.padding == outer.padding
-        and inner.dilation == outer.dilation
-        and all(s == 1 for s in inner.stride + outer.stride)
-        and not any(outer.output_padding)
-        and inner.groups == outer.groups == 1
-        and inner.padding_mode == "zeros"
-    )
-    return (inner, outer) if same_geometry else None
+    inner, outer = LinearMap.of(branch[0]), LinearMap.of(branch[2])
+    return None if inner is None or outer is None else (inner, outer)
 
 
 def _residual_bound(
     module: Residual, input_shape: tuple[int, ...], bound_of: Callable[[str], float]
 ) -> float:
     """``x + g(x)`` is ``1 + Lip(g)``-Lipschitz (triangle inequality). When the branch is a layer, a
-    ReLU and the adjoint layer (a folded SLL block), :func:`_sll_bound` is also sound and much
-    tighter; the smaller of the two is kept."""
+    ReLU and the adjoint layer (a folded SLL block), :func:`zoo.bounds.adjoint_residual_bound` is
+    also sound and much tighter; the smaller of the two is kept."""
     general = 1.0 + bound_of("branch")
-    pair = _adjoint_pair(module.branch)
-    return general if pair is None else min(general, _sll_bound(*pair, input_shape))
+    maps = _adjoint_maps(module.branch)
+    adjoint = None if maps is None else adjoint_residual_bound(*maps, input_shape[1:])
+    return general if adjoint is None else min(general, adjoint)
 
 
 def _convex_residual_bound(
@@ -261,7 +207,7 @@ LEAF_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple[int, ...]], float]]
     GlobalL2NormPool2d: _one,
     GroupSort: _one,
     Abs: _one,
-    HouseHolder: _one,
+    HouseHolder: _householder_bound,
     nn.PixelShuffle: _one,
     nn.PixelUnshuffle: _one,
     LayerCentering: _one,

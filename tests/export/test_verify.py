@@ -272,6 +272,11 @@ LINEAR_PROGRAMS = {
     "grouped dilated conv1d": (lambda: _seeded(nn.Conv1d(4, 6, 3, dilation=2, groups=2)), (4, 9), 1 + 1e-5),
     "adaptive average pool": (lambda: nn.AdaptiveAvgPool2d(2), (2, 4, 6), 1 + 1e-5),
     "residual, mean, expand, concat": (lambda: _seeded(_Residual()), (2, 4, 4), 3.0),
+    "grouped conv_transpose2d, stride 2, output padding": (
+        lambda: _seeded(nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)),
+        (4, 4, 4),
+        1 + 1e-5,
+    ),
 }
 
 
@@ -340,6 +345,22 @@ LINEAR_GRAPHS = {
         1.5,
     ),
     "conv1d": ([_node("Conv", ["x", "w"], pads=[1, 1])], {"w": _weights(4, 3, 3)}, (3, 10), 1 + 1e-5),
+    "grouped conv transpose, stride 2, output padding": (
+        [
+            _node(
+                "ConvTranspose", ["x", "w"], pads=[1, 1, 1, 1], strides=[2, 2], output_padding=[1, 1], group=2
+            )
+        ],
+        {"w": _weights(4, 3, 3, 3)},
+        (4, 4, 4),
+        1 + 1e-5,
+    ),
+    "conv transpose, asymmetric pads": (
+        [_node("ConvTranspose", ["x", "w"], pads=[0, 1, 2, 0], dilations=[1, 2])],
+        {"w": _weights(2, 3, 3, 2)},
+        (2, 5, 4),
+        1.05,
+    ),
     "wrap pad + conv": (
         [_node("Pad", ["x", "p"], "t", mode="wrap"), _node("Conv", ["t", "w"])],
         {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1]), "w": _weights(3, 2, 3, 3)},
@@ -541,6 +562,12 @@ def test_nonlinear_graphs_bound_their_difference_quotients(case):
 def test_ops_without_a_sound_rule_are_named(node, initializers, message):
     with pytest.raises(UnsupportedOpError, match=message):
         graph_bound(_model([node], initializers, (3,)))
+
+
+def test_a_conv_transpose_sized_by_output_shape_is_refused():
+    node = _node("ConvTranspose", ["x", "w"], output_shape=[6, 6])
+    with pytest.raises(UnsupportedOpError, match="auto_pad and output_shape are not supported"):
+        graph_bound(_model([node], {"w": _weights(2, 3, 3, 3)}, (2, 4, 4)))
 
 
 @pytest.mark.parametrize(

@@ -6,29 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from architecture_cases import SHAPES, SMALL, VARIANTS
 
 from zoo.bounds import empirical_lipschitz
 from zoo.certify import network_bound
 from zoo.fold import fold
 from zoo.models import ARCHITECTURES, build, check_options
-
-SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
-# Small widths keep the suite fast; the defaults are exercised by the build-only test below.
-SMALL = {
-    "lipmlp": {"widths": (32, 32)},
-    "lipconv": {"widths": (4, 8), "dense": (16,)},
-    "lipresnet": {"widths": (4, 12), "depth": 1},
-    "orthoconv": {"widths": (4, 8), "depth": 1, "dense": (16,)},
-}
-# Other layer families and blocks of the same architectures, checked on digits-sized inputs.
-VARIANTS = [
-    *[
-        ("lipconv", family, {**SMALL["lipconv"], "family": family})
-        for family in ("aol", "orthogonal", "frobenius")
-    ],
-    ("lipconv", "householder", {**SMALL["lipconv"], "activation": "householder"}),
-    ("lipresnet", "convex", {**SMALL["lipresnet"], "block": "convex"}),
-]
 
 
 def check_architecture(name: str, shape: tuple[int, ...], options: dict) -> None:

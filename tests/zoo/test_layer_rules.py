@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_checks import jacobian_matrix
+from layer_checks import adjoint_residual, jacobian_matrix
 from torch import nn
 from torch.func import jacrev
 
@@ -111,24 +111,6 @@ def test_spectral_stays_below_lip_when_folded_right_after_a_large_step():
 
 
 # --- certificate rules on weights they were not designed for -------------------------------------
-
-
-def adjoint_residual(kind: str, noise: float, sign: float) -> tuple[Residual, tuple[int, ...]]:
-    """``x + B relu(A x + b)`` with ``B = sign * 2 A^T D + noise`` for random positive ``D``."""
-    if kind == "linear":
-        inner, outer, shape = nn.Linear(5, 8), nn.Linear(8, 5, bias=False), (5,)
-        outer_kernel = lambda k: k.T  # noqa: E731
-    elif kind == "conv1d":
-        inner, outer, shape = nn.Conv1d(3, 4, 3, padding=1), nn.ConvTranspose1d(4, 3, 3, padding=1), (3, 7)
-        outer_kernel = lambda k: k  # noqa: E731
-    else:
-        inner, outer, shape = nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 3, 3, padding=1), (3, 5, 5)
-        outer_kernel = lambda k: k  # noqa: E731
-    with torch.no_grad():
-        d = torch.rand(inner.weight.shape[0]).view(-1, *(1,) * (inner.weight.dim() - 1)) * 0.3
-        kernel = sign * 2 * d * inner.weight + noise * torch.randn_like(inner.weight)
-        outer.weight.copy_(outer_kernel(kernel))
-    return Residual(nn.Sequential(inner, nn.ReLU(), outer)), shape
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d"])

@@ -1,22 +1,28 @@
 """Sound spectral bounds: the Lipschitz constants that certificates are made of.
 
 * :func:`matrix_norm_bound`, :func:`gram_iteration_bound` — dense matrices (``zoo.bounds.dense``).
-* :func:`conv_bound`, :func:`conv_operator_matrix` — 1-D / 2-D convolutions with torch semantics
-  (``zoo.bounds.conv``).
+* :func:`conv_bound`, :func:`conv_transpose_bound`, :func:`conv_operator_matrix` — 1-D / 2-D
+  (transposed) convolutions with torch semantics (``zoo.bounds.conv``).
+* :func:`adjoint_residual_bound` — residual blocks ``x + B relu(A x + b)`` with ``B`` of ``A``'s
+  adjoint geometry, such as folded SLL blocks (``zoo.bounds.residual``).
 * :func:`empirical_lipschitz` — a *lower* bound by attack, to measure how tight a certificate is
   (``zoo.bounds.empirical``); never a certificate.
 
 Every certified bound is the float64 value times ``1 + RELATIVE_MARGIN``.
 """
 
-from zoo.bounds.conv import conv_bound, conv_operator_matrix
+from zoo.bounds.conv import conv_bound, conv_operator_matrix, conv_transpose_bound
 from zoo.bounds.dense import RELATIVE_MARGIN, gram_iteration_bound, matrix_norm_bound
 from zoo.bounds.empirical import empirical_lipschitz
+from zoo.bounds.residual import LinearMap, adjoint_residual_bound
 
 __all__ = [
     "RELATIVE_MARGIN",
+    "LinearMap",
+    "adjoint_residual_bound",
     "conv_bound",
     "conv_operator_matrix",
+    "conv_transpose_bound",
     "empirical_lipschitz",
     "gram_iteration_bound",
     "matrix_norm_bound",

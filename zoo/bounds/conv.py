@@ -569,3 +569,47 @@ def conv_bound(
     if method == "exact":
         return with_margin(_exact_norm(weight, geometry, input_size))
     return with_margin(_fft_norm(weight, geometry, input_size))
+
+
+def conv_transpose_bound(
+    weight: torch.Tensor,
+    *,
+    input_size: tuple[int, ...],
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    output_padding: int | tuple[int, ...] = 0,
+    groups: int = 1,
+) -> float:
+    """Sound upper bound of the L2 operator norm of torch's conv_transpose1d / conv_transpose2d.
+
+    A transposed convolution is the adjoint of the convolution with the same weight and arguments
+    on its *output* size, followed by keeping its first ``input_size`` outputs (there are exactly
+    that many when ``output_padding < stride``); an operator and its adjoint have the same norm and
+    keeping outputs does not increase it, so :func:`conv_bound` of that convolution is a bound.
+
+    Args:
+        weight: ``(c_in, c_out / groups, *kernel)`` (torch's ConvTranspose layout, which is the
+            layout of the adjoint convolution's weight).
+        input_size: spatial size of the transposed convolution's inputs.
+        stride, padding, dilation, output_padding, groups: as ``torch.nn.ConvTranspose1d`` / ``2d``.
+    """
+    dims = weight.dim() - 2
+    stride, padding, dilation, output_padding = (
+        _ints(value, dims, name, minimum)
+        for value, name, minimum in (
+            (stride, "stride", 1),
+            (padding, "padding", 0),
+            (dilation, "dilation", 1),
+            (output_padding, "output_padding", 0),
+        )
+    )
+    output_size = tuple(
+        (n - 1) * s - 2 * p + d * (k - 1) + extra + 1
+        for n, s, p, d, k, extra in zip(
+            input_size, stride, padding, dilation, weight.shape[2:], output_padding, strict=True
+        )
+    )
+    return conv_bound(
+        weight, input_size=output_size, stride=stride, padding=padding, dilation=dilation, groups=groups
+    )

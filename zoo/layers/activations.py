@@ -1,5 +1,6 @@
 """1-Lipschitz activations. Each is 1-Lipschitz in L2 for every value of its parameters, so the
-certificate needs no weight of theirs; all export to plain ONNX ops (Min / Max / TopK / Abs / Where).
+certificate needs no weight of theirs (except HouseHolder's, bounded like a residual block); all
+export to plain ONNX ops (Min / Max / TopK / Abs; Conv, Relu, ConvTranspose, Add for HouseHolder).
 
 GroupSort, GroupSort2, FullSort and MaxMin permute their input (piecewise), Abs flips signs, and
 HouseHolder reflects pairs: all are gradient-norm preserving (orthogonal Jacobian almost everywhere).
@@ -10,9 +11,19 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from zoo.bounds.residual import LinearMap
+
 __all__ = ["Abs", "FullSort", "GroupSort", "GroupSort2", "HouseHolder", "MaxMin"]
+
+_ADJOINT_CONVOLUTIONS = {
+    0: (F.linear, lambda h, kernel: F.linear(h, kernel.T)),
+    1: (F.conv1d, F.conv_transpose1d),
+    2: (F.conv2d, F.conv_transpose2d),
+}
+"""Spatial axes -> (the map of a kernel, its adjoint map)."""
 
 
 def _check_channels(x: torch.Tensor, multiple: int, layer: str) -> None:
@@ -94,10 +105,16 @@ class HouseHolder(nn.Module):
     is orthogonal, so the map is 1-Lipschitz for every ``theta``. ``theta = -pi / 4`` (the default
     start) is :class:`MaxMin`.
 
+    It is computed as ``x - 2 A^T relu(A x)`` with ``A = -[diag(cos theta) | diag(sin theta)]``
+    (``relu(-v . z)`` is how far the pair is on the reflected side): one 1x1 convolution (a dense
+    map for inputs without spatial axes), a ReLU, the adjoint convolution and the residual sum. That
+    is the form of a folded SLL block, which certificates and artifact verifiers bound from ``A``
+    (:func:`zoo.bounds.adjoint_residual_bound`).
+
     Args:
         channels: C, the number of channels (even); there is one angle per pair.
 
-    Shape: (N, C, *) -> (N, C, *).
+    Shape: (N, C) or (N, C, L) or (N, C, H, W) -> same shape.
     """
 
     def __init__(self, channels: int) -> None:
@@ -106,13 +123,36 @@ class HouseHolder(nn.Module):
             raise ValueError(f"HouseHolder needs an even number of channels, got {channels}")
         self.theta = nn.Parameter(torch.full((channels // 2,), -math.pi / 4))
 
+    def reflection_kernel(self, spatial_dims: int) -> torch.Tensor:
+        """``A``: a (C / 2, C) matrix, viewed as a 1x1 kernel (C / 2, C, 1, ...) with ``spatial_dims``
+        kernel axes."""
+        identity = torch.eye(self.theta.numel(), dtype=self.theta.dtype, device=self.theta.device)
+        matrix = -torch.cat((identity * self.theta.cos(), identity * self.theta.sin()), dim=1)
+        return matrix.view(*matrix.shape, *(1,) * spatial_dims)
+
+    def linear_maps(self, spatial_dims: int) -> tuple[LinearMap, LinearMap]:
+        """``A`` and ``-2 A^T`` as the layers :meth:`forward` applies, for inputs with
+        ``spatial_dims`` spatial axes."""
+        kernel = self.reflection_kernel(spatial_dims).detach()
+        if spatial_dims == 0:
+            return LinearMap(kernel), LinearMap(-2 * kernel.T)
+        ones, zeros = (1,) * spatial_dims, (0,) * spatial_dims
+        inner = LinearMap(kernel, stride=ones, padding=zeros, dilation=ones)
+        outer = LinearMap(
+            -2 * kernel, transposed=True, stride=ones, padding=zeros, dilation=ones, output_padding=zeros
+        )
+        return inner, outer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(x, 2, "HouseHolder")
-        a, b = x.chunk(2, dim=1)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        cos, sin = self.theta.cos().view(shape), self.theta.sin().view(shape)
-        projection = torch.clamp(a * cos + b * sin, max=0.0)  # v . z where the pair is reflected
-        return torch.cat((a - 2 * projection * cos, b - 2 * projection * sin), dim=1)
+        spatial_dims = x.dim() - 2
+        if spatial_dims not in _ADJOINT_CONVOLUTIONS:
+            raise ValueError(
+                f"HouseHolder takes (N, C), (N, C, L) or (N, C, H, W) inputs, got {tuple(x.shape)}"
+            )
+        kernel = self.reflection_kernel(spatial_dims)
+        convolution, adjoint = _ADJOINT_CONVOLUTIONS[spatial_dims]
+        return x + adjoint(F.relu(convolution(x, kernel)), -2 * kernel)
 
     def extra_repr(self) -> str:
         return f"channels={2 * self.theta.numel()}"
