@@ -6,7 +6,8 @@ For each architecture and batch size (1 and 256), prints the median latency of
   - unfolded: the parametrized model itself (weights recomputed every call), PyTorch;
   - onnx:     the folded model exported by export.writers.write_onnx, in onnxruntime (CPU),
 and the ratios to plain, all measured side by side in one run. The goal is the physical limit:
-folded / plain = 1.
+folded / plain = 1. The last column is the time ``zoo verify`` takes to recompute the bound from the
+ONNX file alone (once per model).
 
     python bench/bench_export.py [--repeats 50]
 """
@@ -27,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from export.runtime import onnx_session
+from export.verify import verify_onnx
 from export.writers import write_onnx
 from zoo.certify import certify
 from zoo.fold import fold
@@ -35,6 +37,10 @@ from zoo.models import build
 CASES = [
     ("lipconv", (1, 8, 8), {}),
     ("lipconv", (3, 32, 32), {"widths": [32, 64, 128], "dense": [256]}),
+    ("lipmlp", (1, 8, 8), {}),
+    ("orthoconv", (1, 8, 8), {}),
+    ("lipresnet", (1, 8, 8), {}),
+    ("lipresnet", (3, 32, 32), {}),
 ]
 
 
@@ -57,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     table = Table(title="median latency (ms) and ratio to the plain network")
-    for column in ("model", "batch", "plain", "folded", "unfolded", "onnx (ORT CPU)"):
+    for column in ("model", "batch", "plain", "folded", "unfolded", "onnx (ORT CPU)", "verify (s)"):
         table.add_column(column, justify="right")
     for name, shape, options in CASES:
         plain = build(name, input_shape=shape, num_classes=10, parametrized=False, **options).eval()
@@ -65,6 +71,9 @@ def main() -> None:
         folded = fold(build(name, input_shape=shape, num_classes=10, parametrized=True, **options))
         with tempfile.TemporaryDirectory() as tmp:
             path = write_onnx(folded, certify(folded, shape), Path(tmp) / "model.onnx")
+            start = time.perf_counter()
+            verify_onnx(path)
+            verify_seconds = time.perf_counter() - start
             options = ort.SessionOptions()
             # ORT's idle threads spin after each run by default, which would slow down the next
             # variant measured in the round-robin; without spinning every variant runs on a quiet CPU.
@@ -88,7 +97,8 @@ def main() -> None:
                     f"{times[k]:.3f} ({times[k] / base:.2f}x)"
                     for k in ("plain", "folded", "unfolded", "onnx")
                 ]
-                table.add_row(f"{name} {'x'.join(map(str, shape))}", str(batch), *cells)
+                verify = f"{verify_seconds:.2f}" if batch == 1 else ""
+                table.add_row(f"{name} {'x'.join(map(str, shape))}", str(batch), *cells, verify)
     Console().print(table)
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
+from zoo.bounds import adjoint_kernel
 from zoo.layers import Residual
 
 
@@ -19,16 +20,21 @@ def jacobian_matrix(layer: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def adjoint_residual(kind: str, noise: float, sign: float) -> tuple[Residual, tuple[int, ...]]:
-    """``x + B relu(A x + b)`` with ``B = sign * 2 A^T D + noise`` for random positive ``D``."""
+    """``x + B relu(A x + b)`` with ``B = sign * 2 A^T D + noise`` for random positive ``D``; ``B`` is
+    a dense layer ('linear'), a transposed convolution ('conv1d', 'conv2d') or the plain convolution
+    of the flipped kernel ('conv2d-flipped', the form SLL blocks fold into)."""
     if kind == "linear":
         inner, outer, shape = nn.Linear(5, 8), nn.Linear(8, 5, bias=False), (5,)
-        outer_kernel = lambda k: k.T  # noqa: E731
+        outer_kernel = adjoint_kernel
     elif kind == "conv1d":
         inner, outer, shape = nn.Conv1d(3, 4, 3, padding=1), nn.ConvTranspose1d(4, 3, 3, padding=1), (3, 7)
         outer_kernel = lambda k: k  # noqa: E731
-    else:
+    elif kind == "conv2d":
         inner, outer, shape = nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 3, 3, padding=1), (3, 5, 5)
         outer_kernel = lambda k: k  # noqa: E731
+    else:
+        inner, outer, shape = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1), (3, 5, 5)
+        outer_kernel = adjoint_kernel
     with torch.no_grad():
         d = torch.rand(inner.weight.shape[0]).view(-1, *(1,) * (inner.weight.dim() - 1)) * 0.3
         kernel = sign * 2 * d * inner.weight + noise * torch.randn_like(inner.weight)

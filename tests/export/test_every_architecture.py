@@ -55,7 +55,7 @@ def test_every_architecture_exports_to_every_format_and_verifies(name, variant, 
 
 
 @TORCHSCRIPT_IS_DEPRECATED
-@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d"])
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d", "conv2d-flipped"])
 @pytest.mark.parametrize(("noise", "sign"), [(0.0, -1.0), (0.05, -1.0), (0.3, 1.0)])
 def test_residual_blocks_of_any_weights_get_the_certifier_bound_from_every_format(
     kind, noise, sign, tmp_path

@@ -113,7 +113,7 @@ def test_spectral_stays_below_lip_when_folded_right_after_a_large_step():
 # --- certificate rules on weights they were not designed for -------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d"])
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d", "conv2d-flipped"])
 @pytest.mark.parametrize(("noise", "sign"), [(0.0, -1.0), (0.05, -1.0), (0.3, 1.0)])
 def test_residual_rule_is_sound_for_any_weights(kind, noise, sign):
     torch.manual_seed(3)

@@ -14,11 +14,12 @@ Every certified bound is the float64 value times ``1 + RELATIVE_MARGIN``.
 from zoo.bounds.conv import conv_bound, conv_operator_matrix, conv_transpose_bound
 from zoo.bounds.dense import RELATIVE_MARGIN, gram_iteration_bound, matrix_norm_bound
 from zoo.bounds.empirical import empirical_lipschitz
-from zoo.bounds.residual import LinearMap, adjoint_residual_bound
+from zoo.bounds.residual import LinearMap, adjoint_kernel, adjoint_residual_bound
 
 __all__ = [
     "RELATIVE_MARGIN",
     "LinearMap",
+    "adjoint_kernel",
     "adjoint_residual_bound",
     "conv_bound",
     "conv_operator_matrix",

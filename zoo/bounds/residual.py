@@ -1,9 +1,11 @@
 """Sound bound of an *adjoint residual* block ``x -> x + B relu(A x + b) + c`` from its weights.
 
 Such a block is how an SLL block (and the Householder activation) computes once folded: ``A`` is a
-dense layer or a stride-1 convolution and ``B`` a layer of the adjoint geometry (dense, or the
-transposed convolution with the same arguments). The triangle inequality gives ``1 + ||B|| ||A||``
-(about 3 for an SLL block); :func:`adjoint_residual_bound` gives about 1, for any weights:
+dense layer or a stride-1 convolution and ``B`` a layer of the adjoint geometry (dense; the
+transposed convolution with the same arguments; or, as the zoo folds it because runtimes run it
+faster, the plain convolution with the :func:`adjoint_kernel`). The triangle inequality gives
+``1 + ||B|| ||A||`` (about 3 for an SLL block); :func:`adjoint_residual_bound` gives about 1, for
+any weights:
 
 ``B`` is the adjoint map of the kernel ``K_B`` read in ``A``'s layout. Fit per hidden channel ``h``
 the weight ``d_h = max(0, -<K_B[h], K_A[h]> / (2 ||K_A[h]||^2))`` and let ``E = K_B + 2 D K_A`` (the
@@ -30,7 +32,7 @@ from torch import nn
 from zoo.bounds.conv import conv_bound
 from zoo.bounds.dense import matrix_norm_bound
 
-__all__ = ["LinearMap", "adjoint_residual_bound"]
+__all__ = ["LinearMap", "adjoint_kernel", "adjoint_residual_bound"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,24 +81,45 @@ class LinearMap:
         )
 
 
+def adjoint_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The weight of the plain layer that computes the adjoint of a layer of weight ``weight``.
+
+    For a dense ``(out, in)`` weight it is the transpose. For a stride-1 convolution
+    ``(out, in, *kernel)`` with padding ``p`` and dilation ``d`` it is the convolution with channels
+    swapped and the kernel flipped, ``(in, out, *kernel)``, with padding ``d (k - 1) - p`` (the same
+    padding for a "same" convolution), which computes exactly what the transposed convolution does.
+    The map is its own inverse.
+    """
+    spatial = tuple(range(2, weight.dim()))
+    swapped = weight.transpose(0, 1)
+    return swapped.flip(spatial) if spatial else swapped
+
+
 def _adjoint_kernels(inner: LinearMap, outer: LinearMap) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(K_A, K_B), both in ``inner``'s layout, when ``outer`` is a layer of ``inner``'s adjoint
-    geometry (stride 1, same kernel / padding / dilation, groups 1), else None."""
-    if inner.dense or outer.dense:
-        if inner.dense and outer.dense and outer.weight.shape == inner.weight.T.shape:
-            return inner.weight, outer.weight.T
-        return None
-    same_geometry = (
+    """(K_A, K_B), both in ``inner``'s layout, when ``outer`` computes the adjoint geometry of
+    ``inner``: a transposed convolution with the same arguments, or a plain layer of the
+    :func:`adjoint_kernel` form (stride 1, groups 1 throughout); None otherwise."""
+    plain_geometry = (
         not inner.transposed
-        and outer.transposed
-        and outer.weight.shape == inner.weight.shape
-        and inner.padding == outer.padding
-        and inner.dilation == outer.dilation
+        and inner.dense == outer.dense
         and all(s == 1 for s in inner.stride + outer.stride)
-        and not any(outer.output_padding)
         and inner.groups == outer.groups == 1
+        and inner.dilation == outer.dilation
     )
-    return (inner.weight, outer.weight) if same_geometry else None
+    if not plain_geometry:
+        return None
+    if outer.transposed:
+        same = (
+            outer.weight.shape == inner.weight.shape
+            and outer.padding == inner.padding
+            and not any(outer.output_padding)
+        )
+        return (inner.weight, outer.weight) if same else None
+    kernel = tuple(inner.weight.shape[2:])
+    complement = tuple(d * (k - 1) - p for k, p, d in zip(kernel, inner.padding, inner.dilation, strict=True))
+    swapped = (inner.weight.shape[1], inner.weight.shape[0], *kernel)
+    same = tuple(outer.weight.shape) == swapped and outer.padding == complement
+    return (inner.weight, adjoint_kernel(outer.weight)) if same else None
 
 
 def adjoint_residual_bound(inner: LinearMap, outer: LinearMap, input_size: tuple[int, ...]) -> float | None:

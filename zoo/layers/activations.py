@@ -1,6 +1,6 @@
 """1-Lipschitz activations. Each is 1-Lipschitz in L2 for every value of its parameters, so the
 certificate needs no weight of theirs (except HouseHolder's, bounded like a residual block); all
-export to plain ONNX ops (Min / Max / TopK / Abs; Conv, Relu, ConvTranspose, Add for HouseHolder).
+export to plain ONNX ops (Min / Max / TopK / Abs; Conv, Relu, Conv, Add for HouseHolder).
 
 GroupSort, GroupSort2, FullSort and MaxMin permute their input (piecewise), Abs flips signs, and
 HouseHolder reflects pairs: all are gradient-norm preserving (orthogonal Jacobian almost everywhere).
@@ -14,16 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.bounds.residual import LinearMap
+from zoo.bounds.residual import LinearMap, adjoint_kernel
 
 __all__ = ["Abs", "FullSort", "GroupSort", "GroupSort2", "HouseHolder", "MaxMin"]
 
-_ADJOINT_CONVOLUTIONS = {
-    0: (F.linear, lambda h, kernel: F.linear(h, kernel.T)),
-    1: (F.conv1d, F.conv_transpose1d),
-    2: (F.conv2d, F.conv_transpose2d),
-}
-"""Spatial axes -> (the map of a kernel, its adjoint map)."""
+_LAYERS = {0: F.linear, 1: F.conv1d, 2: F.conv2d}
+"""Spatial axes -> the map of a weight (a 1x1 kernel for convolutions)."""
 
 
 def _check_channels(x: torch.Tensor, multiple: int, layer: str) -> None:
@@ -106,8 +102,8 @@ class HouseHolder(nn.Module):
     start) is :class:`MaxMin`.
 
     It is computed as ``x - 2 A^T relu(A x)`` with ``A = -[diag(cos theta) | diag(sin theta)]``
-    (``relu(-v . z)`` is how far the pair is on the reflected side): one 1x1 convolution (a dense
-    map for inputs without spatial axes), a ReLU, the adjoint convolution and the residual sum. That
+    (``relu(-v . z)`` is how far the pair is on the reflected side): a 1x1 convolution by ``A`` (a
+    dense map for inputs without spatial axes), a ReLU, one by ``-2 A^T`` and the residual sum. That
     is the form of a folded SLL block, which certificates and artifact verifiers bound from ``A``
     (:func:`zoo.bounds.adjoint_residual_bound`).
 
@@ -134,25 +130,20 @@ class HouseHolder(nn.Module):
         """``A`` and ``-2 A^T`` as the layers :meth:`forward` applies, for inputs with
         ``spatial_dims`` spatial axes."""
         kernel = self.reflection_kernel(spatial_dims).detach()
-        if spatial_dims == 0:
-            return LinearMap(kernel), LinearMap(-2 * kernel.T)
         ones, zeros = (1,) * spatial_dims, (0,) * spatial_dims
         inner = LinearMap(kernel, stride=ones, padding=zeros, dilation=ones)
-        outer = LinearMap(
-            -2 * kernel, transposed=True, stride=ones, padding=zeros, dilation=ones, output_padding=zeros
-        )
+        outer = LinearMap(-2 * adjoint_kernel(kernel), stride=ones, padding=zeros, dilation=ones)
         return inner, outer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(x, 2, "HouseHolder")
         spatial_dims = x.dim() - 2
-        if spatial_dims not in _ADJOINT_CONVOLUTIONS:
+        if spatial_dims not in _LAYERS:
             raise ValueError(
                 f"HouseHolder takes (N, C), (N, C, L) or (N, C, H, W) inputs, got {tuple(x.shape)}"
             )
-        kernel = self.reflection_kernel(spatial_dims)
-        convolution, adjoint = _ADJOINT_CONVOLUTIONS[spatial_dims]
-        return x + adjoint(F.relu(convolution(x, kernel)), -2 * kernel)
+        kernel, layer = self.reflection_kernel(spatial_dims), _LAYERS[spatial_dims]
+        return x + layer(F.relu(layer(x, kernel)), -2 * adjoint_kernel(kernel))
 
     def extra_repr(self) -> str:
         return f"channels={2 * self.theta.numel()}"

@@ -30,7 +30,7 @@ def lipresnet(
         input_shape: (C, H, W) of the inputs.
         num_classes: number of logits.
         parametrized: training mode (parametrizations, SLL blocks) or the plain modules a folded
-            checkpoint loads into (SLL blocks as ``Residual(Sequential(conv, ReLU, conv_transpose))``).
+            checkpoint loads into (SLL blocks as ``Residual(Sequential(conv, ReLU, adjoint conv))``).
         widths: channels of each stage.
         depth: residual blocks per stage.
         hidden_ratio: SLL hidden channels per channel.
