@@ -13,8 +13,8 @@ and its :class:`~export.propagation.Signal` when it depends on the input (see
 
 Assumptions: the graph has one input-dependent input (initializers are constants, also when listed
 as graph inputs), its first axis is the batch axis and its other dimensions are fixed (a bound
-depends on the input size); the default-domain opset is >= 13. Not supported, among others: Shape of
-an input-dependent tensor (it would make the batch size a value), products and quotients of two
+depends on the input size); the default-domain opset is >= 13. Not supported, among others: using the
+batch size read by a Shape node as a value, products and quotients of two
 input-dependent tensors (not globally Lipschitz), 3-D convolutions, normalisations
 other than inference-mode BatchNormalization, Softmax, control flow (If, Loop), ConvTranspose with
 auto_pad or output_shape.
@@ -39,11 +39,13 @@ from onnx.reference import ReferenceEvaluator
 from export.propagation import (
     GraphBound,
     Signal,
+    Squares,
     Tracker,
     UnsupportedOpError,
     VerificationError,
     average_pool_gain,
     window_coverage,
+    window_spread,
 )
 from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, matrix_norm_bound
 from zoo.certificate import LayerBound
@@ -62,7 +64,22 @@ class NotLipschitz:
     what: str
 
 
-Value = np.ndarray | Signal | NotLipschitz | None
+@dataclass(frozen=True)
+class BatchShape:
+    """The output of a Shape node that includes the batch axis: ``dims`` is the analysed shape, whose
+    first entry (the batch size) is not a constant of the graph. Only ops that select entries may
+    read it, and only to pick example dimensions (:func:`_select_from_shape`)."""
+
+    dims: np.ndarray
+    what = "a shape that includes the batch size"
+
+    def with_batch(self, batch: int) -> np.ndarray:
+        dims = self.dims.copy()
+        dims[0] = batch
+        return dims
+
+
+Value = np.ndarray | Signal | Squares | NotLipschitz | BatchShape | None
 
 REINDEXING = frozenset(
     {
@@ -142,11 +159,24 @@ def _constant(inputs: list[Value], position: int, what: str) -> np.ndarray | Non
     return value
 
 
-def _data(inputs: list[Value], position: int = 0) -> Signal:
+def _data(inputs: list[Value], position: int = 0, squares: bool = False) -> Signal | Squares:
+    """The input-dependent input ``position`` (a Signal, or Squares for the ops that accept them)."""
     value = inputs[position]
-    if not isinstance(value, Signal):
+    if isinstance(value, Squares) and not squares:
+        raise UnsupportedOpError(
+            "it reads squares of input-dependent values: only their pooled square root is bounded"
+        )
+    if not isinstance(value, Signal | Squares):
         raise UnsupportedOpError(f"only input {position} may depend on the graph input")
     return value
+
+
+def _floor(inputs: list[Value], squares: Squares, position: int) -> list[Value]:
+    """A max of squares with the constant input ``position`` (>= 0): a floor (Squares.floored)."""
+    floor = _constant(inputs, position, "floor")
+    if floor is None or not np.all(floor >= 0):
+        raise UnsupportedOpError("only a floor >= 0 of squares is supported (before their square root)")
+    return [squares.with_floor()]
 
 
 def _axis(axis: int, rank: int) -> int:
@@ -179,6 +209,34 @@ def _reindex(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Val
     return [walk.tracker.reindexed(index, moved) for index in walk.evaluate(node, feeds)]
 
 
+def _shape(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Shape reads no value: the example dimensions are constants (the input size is fixed); a shape
+    that includes the batch axis is a BatchShape, whose batch entry may not be used."""
+    x, attributes = _data(inputs), _attributes(node)
+    axes = list(range(x.index.ndim))[attributes.get("start", 0) : attributes.get("end")]
+    dims = np.array([x.shape[axis] for axis in axes], dtype=np.int64)
+    return [BatchShape(dims) if axes and axes[0] == 0 else dims]
+
+
+SHAPE_SELECTIONS = frozenset({"Concat", "Gather", "Identity", "Slice", "Squeeze", "Unsqueeze"})
+"""Ops that may read a BatchShape: they select entries, so an output that is the same for two batch
+sizes does not contain the batch entry."""
+
+
+def _select_from_shape(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """A selection from a shape that includes the batch axis is a constant when it is the same for
+    two batch sizes (it then holds example dimensions only); using the batch size itself is refused."""
+    if node.op_type not in SHAPE_SELECTIONS:
+        raise UnsupportedOpError("it computes with a shape that includes the batch size")
+    runs = [
+        walk.evaluate(node, [v.with_batch(batch) if isinstance(v, BatchShape) else v for v in inputs])
+        for batch in (2, 3)
+    ]
+    if any(not np.array_equal(a, b) for a, b in zip(*runs, strict=True)):
+        raise UnsupportedOpError("it uses the batch size read by a Shape node as a value")
+    return runs[0]
+
+
 # --- elementwise ops ----------------------------------------------------------------------------
 
 
@@ -191,11 +249,30 @@ def _lipschitz_of_scalar_map(node: onnx.NodeProto) -> float:
 def _elementwise(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Each output value is a scalar function of one input value with Lipschitz constant 1 (Relu,
     Abs, Neg, Clip, Tanh), max(1, |alpha|) (LeakyRelu) or 1/4 (Sigmoid)."""
+    x = _data(inputs, squares=node.op_type == "Clip")
+    if isinstance(x, Squares):
+        if _constant(inputs, 2, "bound") is not None:
+            raise UnsupportedOpError("only a floor (no ceiling) of squares is supported")
+        return _floor(inputs, x, 1)
     if node.op_type == "Relu":
-        return [walk.tracker.relu(_data(inputs))]
+        return [walk.tracker.relu(x)]
     bounds = [_constant(inputs, position, "bound") for position in range(1, len(inputs))]
     alike = all(bound is None or bound.size == 1 for bound in bounds)
-    return [walk.tracker.elementwise(_data(inputs), _lipschitz_of_scalar_map(node), alike)]
+    return [walk.tracker.elementwise(x, _lipschitz_of_scalar_map(node), alike)]
+
+
+def _power(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Pow by 2 makes squares (Squares); Sqrt, or Pow by 0.5, of squares pooled by nonnegative
+    weights is bounded by their spread (Tracker.root). Other powers are not globally Lipschitz."""
+    x = _data(inputs, squares=True)
+    exponent = 0.5 if node.op_type == "Sqrt" else _constant(inputs, 1, "exponent")
+    if isinstance(x, Signal) and np.size(exponent) == 1 and float(exponent) == 2:
+        return [walk.tracker.squares(x)]
+    if isinstance(x, Squares) and np.size(exponent) == 1 and float(exponent) == 0.5:
+        return [walk.tracker.root(x)]
+    raise UnsupportedOpError(
+        "only the square of an input-dependent tensor, and the square root of its pooled squares, are bounded"
+    )
 
 
 def _batch_normalization(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -211,8 +288,13 @@ def _batch_normalization(walk: _Walk, node: onnx.NodeProto, inputs: list[Value])
 
 def _sum(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Add / Sub / Sum: adding or subtracting a constant is 1-Lipschitz; input-dependent terms are
-    bounded by the triangle inequality or Cauchy-Schwarz (Tracker.summed)."""
+    bounded by the triangle inequality or Cauchy-Schwarz (Tracker.summed); x - mean(x) is a
+    projection (Tracker.centered)."""
     shape = walk.shape(node.output[0])
+    if node.op_type == "Sub" and all(isinstance(value, Signal) for value in inputs):
+        centered = walk.tracker.centered(*inputs, shape)
+        if centered is not None:
+            return [centered]
     terms = [walk.tracker.broadcast(value, shape) for value in inputs if isinstance(value, Signal)]
     if len(terms) > 1:
         return [walk.tracker.summed(terms)]
@@ -224,6 +306,10 @@ def _product(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Val
     """Mul / Div by a constant c: value k is multiplied by c_k, so the map is max |c|-Lipschitz
     (exact for a scalar c); a product of two input-dependent tensors is not globally Lipschitz."""
     a, b = inputs
+    if node.op_type == "Mul" and isinstance(a, Signal) and a is b:
+        return [walk.tracker.squares(a)]
+    if isinstance(a, Squares) or isinstance(b, Squares):
+        return _scaled_squares(walk, node, inputs)
     if isinstance(a, Signal) and isinstance(b, Signal):
         raise UnsupportedOpError("a product of two input-dependent tensors is not globally Lipschitz")
     if node.op_type == "Div" and isinstance(b, Signal):
@@ -238,9 +324,26 @@ def _product(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Val
     return [walk.tracker.elementwise(data, factor, alike=constant.size == 1)]
 
 
+def _scaled_squares(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Squares times (or divided by) constants c >= 0: a nonnegative map with column sums max c."""
+    position = 0 if isinstance(inputs[0], Squares) else 1
+    if node.op_type == "Div" and position == 1:
+        raise UnsupportedOpError("a division by squares of input-dependent values is not Lipschitz")
+    factors = _constant(inputs, 1 - position, "factor").astype(np.float64)
+    if not np.all(factors > 0 if node.op_type == "Div" else factors >= 0):
+        raise UnsupportedOpError("squares may only be scaled by constants >= 0")
+    spread = float(np.max(1 / factors if node.op_type == "Div" else factors, initial=0.0))
+    return [inputs[position].combined(spread, walk.shape(node.output[0]))]
+
+
 def _extremum(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Max / Min of m input-dependent operands is the top / bottom rank of each sorted group of m
     values (Tracker.sorted_group: a sort is 1-Lipschitz); a constant operand only clamps (1-Lipschitz)."""
+    squares = [i for i, value in enumerate(inputs) if isinstance(value, Squares)]
+    if squares and node.op_type == "Max" and len(inputs) == 2:
+        return _floor(inputs, inputs[squares[0]], 1 - squares[0])
+    if squares:
+        raise UnsupportedOpError("only a Max of squares with a constant floor is supported")
     shape = walk.shape(node.output[0])
     operands = [walk.tracker.broadcast(value, shape) for value in inputs if isinstance(value, Signal)]
     if len(operands) == 1:
@@ -253,9 +356,11 @@ def _extremum(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Va
 def _top_k(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """TopK values are the k largest (or smallest) values of each line, sorted: a sort is 1-Lipschitz
     and so is keeping some of its values. The indices are not a Lipschitz function of the input."""
-    x = _data(inputs)
-    _axis(_attributes(node).get("axis", -1), x.index.ndim)
-    values = walk.tracker.transformed(x, 1.0, walk.shape(node.output[0]))
+    x, k = _data(inputs), _constant(inputs, 1, "k")
+    axis = _axis(_attributes(node).get("axis", -1), x.index.ndim)
+    shape = list(x.shape)
+    shape[axis] = int(np.asarray(k).reshape(-1)[0])  # k may be computed in the graph: not inferred
+    values = walk.tracker.transformed(x, 1.0, shape)
     return [values, NotLipschitz(f"the indices output of TopK node {node.name!r}")]
 
 
@@ -407,8 +512,8 @@ def _matmul(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
 
 def _average_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """AveragePool is a depthwise convolution with the constant kernel 1 / prod(kernel), bounded by
-    conv_bound (average_pool_gain)."""
-    x, attributes = _data(inputs), _attributes(node)
+    conv_bound (average_pool_gain); of squares, a nonnegative map with column sums window_spread."""
+    x, attributes = _data(inputs, squares=True), _attributes(node)
     spatial, kernel = _spatial(x), attributes["kernel_shape"]
     strides = attributes.get("strides", [1] * len(spatial))
     dilations = attributes.get("dilations", [1] * len(spatial))
@@ -422,6 +527,10 @@ def _average_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> lis
     out_shape = walk.shape(node.output[0])
     if out_shape[2:] != floor_size:
         raise UnsupportedOpError("ceil_mode=1 adds partial windows")
+    if isinstance(x, Squares):
+        begins = [begin for begin, _ in pads]
+        spread = window_spread(spatial, out_shape[2:], kernel, strides, dilations, begins)
+        return [x.combined(spread, out_shape)]
     input_size, padding = _zero_padded(spatial, pads)
     gain = average_pool_gain(
         kernel, input_size=input_size, stride=strides, padding=padding, dilation=dilations
@@ -467,11 +576,19 @@ _REDUCE_GAINS: dict[str, Callable[[int], float]] = {
 }
 
 
+_SQUARES_SPREADS: dict[str, Callable[[int], float]] = {
+    "ReduceMean": lambda n: 1 / n,
+    "GlobalAveragePool": lambda n: 1 / n,
+    "ReduceSum": lambda n: 1.0,
+}
+
+
 def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Reductions over axes (never the batch axis) combine disjoint groups of n values: |mean| <=
-    ||group|| / sqrt(n), |sum| <= sqrt(n) ||group||, |max|, |min| <= ||group|| (in differences)."""
-    x, attributes = _data(inputs), _attributes(node)
-    rank = x.index.ndim
+    ||group|| / sqrt(n), |sum| <= sqrt(n) ||group||, |max|, |min| <= ||group|| (in differences);
+    a sum / mean of squares is a nonnegative map with column sums 1 / (1 / n)."""
+    x, attributes = _data(inputs, squares=node.op_type in _SQUARES_SPREADS), _attributes(node)
+    rank = len(x.shape)
     if node.op_type.startswith("Global"):
         axes = list(range(2, rank))
     else:
@@ -482,8 +599,13 @@ def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
         axes = [_axis(int(a), rank) for a in axes] if axes else list(range(rank))
     if 0 in axes:
         raise UnsupportedOpError("it reduces over the batch axis")
-    gain = _REDUCE_GAINS[node.op_type](math.prod(x.shape[a] for a in axes))
-    return [walk.tracker.transformed(x, gain, walk.shape(node.output[0]))]
+    count = math.prod(x.shape[a] for a in axes)
+    if isinstance(x, Squares):
+        return [x.combined(_SQUARES_SPREADS[node.op_type](count), walk.shape(node.output[0]))]
+    gain, shape = _REDUCE_GAINS[node.op_type](count), walk.shape(node.output[0])
+    if node.op_type in ("ReduceMean", "GlobalAveragePool"):
+        return [walk.tracker.mean(x, gain, shape)]
+    return [walk.tracker.transformed(x, gain, shape)]
 
 
 RULES: dict[str, Rule] = {
@@ -494,6 +616,8 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("Mul", "Div"), _product),
     **dict.fromkeys(("Max", "Min"), _extremum),
     "TopK": _top_k,
+    "Shape": _shape,
+    **dict.fromkeys(("Pow", "Sqrt"), _power),
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
@@ -581,7 +705,9 @@ def _node_outputs(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> lis
     for name, value in zip(node.input, inputs, strict=True):
         if isinstance(value, NotLipschitz):
             raise UnsupportedOpError(f"its input {name!r} is {value.what}, not a Lipschitz function")
-    if not any(isinstance(value, Signal) for value in inputs):
+    if any(isinstance(value, BatchShape) for value in inputs):
+        return _select_from_shape(walk, node, inputs)
+    if not any(isinstance(value, Signal | Squares) for value in inputs):
         return walk.evaluate(node, inputs)
     rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
@@ -616,7 +742,7 @@ def graph_bound(model: onnx.ModelProto) -> GraphBound:
         values.update((o, value) for o, value in zip(node.output, outputs, strict=False) if o)
         first = next((v for v in outputs if isinstance(v, Signal)), None)
         if first is not None and node.op_type not in REINDEXING:
-            shape = next(v.shape[1:] for v in inputs if isinstance(v, Signal))
+            shape = next(v.shape[1:] for v in inputs if isinstance(v, Signal | Squares))
             layers.append(LayerBound(_layer_name(node), node.op_type, tracker.bound(first), shape))
         for i in filter(None, node.input):
             uses[i] -= 1
@@ -624,8 +750,10 @@ def graph_bound(model: onnx.ModelProto) -> GraphBound:
                 del values[i]
     results = [values[o.name] for o in graph.output]
     for output, result in zip(graph.output, results, strict=True):
-        if isinstance(result, NotLipschitz):
+        if isinstance(result, NotLipschitz | BatchShape):
             raise UnsupportedOpError(f"graph output {output.name!r} is {result.what}")
+        if isinstance(result, Squares):
+            raise UnsupportedOpError(f"graph output {output.name!r} holds squares of input-dependent values")
     signals = [r for r in results if isinstance(r, Signal)]
     bound = tracker.bound(*signals) if signals else 0.0
     return GraphBound(bound, tuple(layers), example)

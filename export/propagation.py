@@ -34,8 +34,12 @@ Composite rules
     terms ``x`` and ``B relu(A x + b)``, with ``A``, ``B`` an adjoint pair of layers applied to that
     very signal ``x`` (the form of a folded SLL block), :meth:`Tracker.summed` also bounds the block
     as a whole (:func:`~zoo.bounds.adjoint_residual_bound`, about 1 instead of about 3) and keeps
-    the smaller bound. The match is by signal identity: signals never change, so the same object
-    means the same values.
+    the smaller bound. Likewise ``x - mean(x)`` is a projection (:meth:`Tracker.centered`). The
+    match is by signal identity: signals never change, so the same object means the same values.
+
+Squares
+    ``sqrt`` of a nonnegative combination of squares (an L2-norm pool, spelled square, pool, scale,
+    floor, sqrt) is tracked as :class:`Squares` between the square and the root, see there.
 
 Batch
     Arrays keep the batch axis first, and sources number their values example after example. So
@@ -60,11 +64,13 @@ from zoo.certificate import LayerBound
 __all__ = [
     "GraphBound",
     "Signal",
+    "Squares",
     "Tracker",
     "UnsupportedOpError",
     "VerificationError",
     "average_pool_gain",
     "window_coverage",
+    "window_spread",
 ]
 
 
@@ -88,6 +94,37 @@ class Signal:
     @property
     def shape(self) -> tuple[int, ...]:
         return self.index.shape
+
+
+@dataclass(frozen=True, eq=False)
+class Squares:
+    """Nonnegative combinations of the squares of a signal's values, on the way to their square root.
+
+    Value ``o`` (of a tensor of ``shape``) is ``sum_e W[o, e] s_e^2`` over the entries ``s_e`` of
+    ``signal``, for some ``W >= 0`` whose column sums are at most ``spread``. Its root is
+    ``sqrt(spread)`` times the signal's bound: per value, ``|sqrt(W_o a^2) - sqrt(W_o b^2)| <=
+    sqrt(W_o (a - b)^2)`` (triangle inequality of the ``W_o``-weighted norm), and summing the squares
+    over ``o`` gives at most ``spread ||a - b||^2``. ``floored``: a max with constants >= 0 was
+    taken, which only the root may follow (``sqrt(max(v, c)) = max(sqrt(v), sqrt(c))``, a
+    1-Lipschitz map of the root).
+    """
+
+    signal: Signal
+    shape: tuple[int, ...]
+    spread: float = 1.0
+    floored: bool = False
+
+    def combined(self, spread: float, shape: Sequence[int]) -> Squares:
+        """After a nonnegative linear map whose column sums are at most ``spread`` (the column sums of
+        a product of nonnegative matrices are at most the product of theirs)."""
+        if self.floored:
+            raise UnsupportedOpError("it combines squares after a floor: only their square root may follow")
+        if not spread >= 0:
+            raise UnsupportedOpError("it combines squares with a negative weight")
+        return Squares(self.signal, tuple(shape), self.spread * spread)
+
+    def with_floor(self) -> Squares:
+        return Squares(self.signal, self.shape, self.spread, floored=True)
 
 
 @dataclass(frozen=True)
@@ -126,6 +163,7 @@ class Tracker:
         # id(output) -> (output, input, layer) / (output, input); the output is kept alive with its id
         self._linear: dict[int, tuple[Signal, Signal, LinearMap]] = {}
         self._relus: dict[int, tuple[Signal, Signal]] = {}
+        self._means: dict[int, tuple[Signal, Signal]] = {}
 
     def source(self, shape: Sequence[int], bound: float) -> Signal:
         """A new source of ``shape`` (batch first) whose bound with respect to the graph input is
@@ -209,11 +247,36 @@ class Tracker:
             self._linear[id(output)] = (output, signal, layer)
         return output
 
+    def mean(self, signal: Signal, gain: float, shape: Sequence[int]) -> Signal:
+        """:meth:`transformed` for a mean over some axes; when it keeps them (size 1), it is kept for
+        :meth:`centered`."""
+        output = self.transformed(signal, gain, shape)
+        if len(output.shape) == len(signal.shape):
+            self._means[id(output)] = (output, signal)
+        return output
+
+    def centered(self, x: Signal, mean: Signal, shape: Sequence[int]) -> Signal | None:
+        """``x - mean`` (of ``shape``) when ``mean`` is a recorded mean of this very ``x``: subtracting
+        from each group of entries its average is an orthogonal projection, so the result is bounded
+        by ``x``'s bound; None otherwise."""
+        recorded = self._means.get(id(mean))
+        if recorded is None or recorded[1] is not x or tuple(shape) != x.shape:
+            return None
+        return self.source(x.shape, self.bound(x))
+
     def relu(self, signal: Signal) -> Signal:
         """ReLU of ``signal`` (1-Lipschitz, applied alike to every entry), kept for composite rules."""
         output = self.elementwise(signal, 1.0, alike=True)
         self._relus[id(output)] = (output, signal)
         return output
+
+    def squares(self, signal: Signal) -> Squares:
+        """The squares of ``signal``'s values (not Lipschitz until pooled and rooted)."""
+        return Squares(signal, signal.shape)
+
+    def root(self, squares: Squares) -> Signal:
+        """The square root of ``squares``: a source bounded by ``sqrt(spread)`` times the signal's bound."""
+        return self.source(squares.shape, math.sqrt(squares.spread) * self.bound(squares.signal))
 
     def summed(self, terms: Sequence[Signal]) -> Signal:
         """The sum of same-shape terms, bounded by the smaller of the triangle inequality (the sum of
@@ -306,6 +369,23 @@ def window_coverage(size: int, out_size: int, kernel: int, stride: int, dilation
     taps = (np.arange(out_size)[:, None] * stride - pad + dilation * np.arange(kernel)[None, :]).ravel()
     taps = taps[(taps >= 0) & (taps < size)]
     return int(np.bincount(taps, minlength=size).max()) if taps.size else 0
+
+
+def window_spread(
+    size: Sequence[int],
+    out_size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    pad: Sequence[int],
+) -> float:
+    """Largest column sum of an average pool's matrix (windows divided by ``prod(kernel)``): the
+    largest number of windows containing one pixel, over ``prod(kernel)``."""
+    coverage = math.prod(
+        window_coverage(n, o, k, s, d, p)
+        for n, o, k, s, d, p in zip(size, out_size, kernel, stride, dilation, pad, strict=True)
+    )
+    return coverage / math.prod(kernel)
 
 
 def average_pool_gain(

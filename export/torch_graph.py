@@ -33,11 +33,13 @@ from torch.utils._pytree import tree_leaves, tree_map
 from export.propagation import (
     GraphBound,
     Signal,
+    Squares,
     Tracker,
     UnsupportedOpError,
     VerificationError,
     average_pool_gain,
     window_coverage,
+    window_spread,
 )
 from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, matrix_norm_bound
 from zoo.certificate import LayerBound
@@ -89,12 +91,15 @@ class _Tracked(torch.Tensor):
     """A tensor of the running program whose values depend on the input.
 
     ``signal`` says how (None when they have no bound: ``unusable`` says why), and ``index`` holds
-    the signal's index array as a torch tensor, which views of this tensor share.
+    the signal's index array as a torch tensor, which views of this tensor share. ``squares`` is set
+    instead of ``signal`` for squares on the way to their pooled square root (only the rules of
+    :data:`SQUARES_OPS` read them).
     """
 
     index: torch.Tensor
     signal: Signal | None
     unusable: str | None
+    squares: Squares | None = None
 
     @staticmethod
     def __new__(cls, index: torch.Tensor, dtype: torch.dtype, signal: Signal | None, unusable: str | None):
@@ -149,7 +154,20 @@ def _invoke(func: torch._ops.OpOverload, a: dict[str, Any], convert: Callable[[A
 def _signal(value: Any, what: str = "input") -> Signal:
     if not isinstance(value, _Tracked):
         raise UnsupportedOpError(f"its {what} must depend on the graph input")
+    if value.squares is not None:
+        raise UnsupportedOpError(
+            "it reads squares of input-dependent values: only their pooled square root is bounded"
+        )
     return value.signal
+
+
+def _floor(run: _Run, squares: Squares, floor: Any, dtype: torch.dtype) -> _Tracked:
+    """A max of squares with constants ``floor`` >= 0 (Squares.floored)."""
+    floor = _constant(floor, "floor")
+    smallest = float(floor.min()) if isinstance(floor, torch.Tensor) else floor
+    if smallest is None or not smallest >= 0:
+        raise UnsupportedOpError("only a floor >= 0 of squares is supported (before their square root)")
+    return run.wrap_squares(squares.with_floor(), dtype)
 
 
 def _constant(value: Any, what: str) -> Any:
@@ -182,6 +200,13 @@ class _Run:
         self._tracked.append(weakref.ref(tracked))
         return tracked
 
+    def wrap_squares(self, squares: Squares, dtype: torch.dtype) -> _Tracked:
+        """A tracked tensor holding ``squares`` (no signal: no other rule may read it)."""
+        index = torch.full(squares.shape, -1, dtype=torch.int64)
+        tracked = _Tracked(index, dtype, None, "squares of input-dependent values")
+        tracked.squares = squares
+        return tracked
+
     def shadow(self, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
         """``func`` run on zeros in place of the tracked tensors: the shapes of its outputs."""
 
@@ -193,7 +218,15 @@ class _Run:
     def call(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
         name = func.overloadpacket.__name__
         try:
-            for value in tree_leaves((args, kwargs)):
+            leaves = tree_leaves((args, kwargs))
+            if any(isinstance(value, _Tracked) and value.squares is not None for value in leaves):
+                if _op_name(func) not in SQUARES_OPS:
+                    raise UnsupportedOpError(
+                        f"aten.{name} reads squares of input-dependent values: only their pooled "
+                        "square root is bounded"
+                    )
+                return self.apply(func, args, kwargs)
+            for value in leaves:
                 if isinstance(value, _Tracked) and value.signal is None:
                     raise UnsupportedOpError(
                         f"it uses {value.unusable}, not a Lipschitz function of the input"
@@ -365,6 +398,10 @@ def _elementwise(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> A
     """Each output value is a scalar function of one input value with Lipschitz constant 1 (relu, abs,
     neg, tanh, clamps), max(1, |slope|) (leaky_relu) or 1/4 (sigmoid)."""
     x = a["self"]
+    if x.squares is not None:
+        if a.get("max") is not None:
+            raise UnsupportedOpError("only a floor (no ceiling) of squares is supported")
+        return _floor(run, x.squares, a["min"], x.dtype)
     if _op_name(func) == "relu":
         return run.wrap(run.tracker.relu(_signal(x)), x.dtype)
     bounds = [_constant(a[k], "bound") for k in ("min", "max", "min_val", "max_val") if k in a]
@@ -375,11 +412,16 @@ def _elementwise(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> A
 
 def _sum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """add / sub / rsub (x + alpha y, x - alpha y, y - alpha x): a constant term only translates;
-    input-dependent terms, scaled by |alpha| where it applies, are summed (Tracker.summed)."""
+    input-dependent terms, scaled by |alpha| where it applies, are summed (Tracker.summed); x - mean(x)
+    is a projection (Tracker.centered)."""
     alpha = abs(float(a.get("alpha", 1)))
     scaled = "other" if _op_name(func) != "rsub" else "self"
     shape = run.shadow(func, a).shape
     dtype = next(v.dtype for v in (a["self"], a["other"]) if isinstance(v, _Tracked))
+    if _op_name(func) == "sub" and alpha == 1 and all(isinstance(a[k], _Tracked) for k in ("self", "other")):
+        centered = run.tracker.centered(a["self"].signal, a["other"].signal, shape)
+        if centered is not None:
+            return run.wrap(centered, dtype)
     terms, constants = [], []
     for key in ("self", "other"):
         value = a[key]
@@ -399,6 +441,10 @@ def _product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """mul / div by a constant c: value k is multiplied by c_k, so the map is max |c|-Lipschitz (exact
     for a scalar); products and quotients of input-dependent tensors are not globally Lipschitz."""
     x, other = a["self"], a["other"]
+    if _op_name(func) == "mul" and isinstance(x, _Tracked) and other is x:
+        return run.wrap_squares(run.tracker.squares(_signal(x)), x.dtype)
+    if any(isinstance(v, _Tracked) and v.squares is not None for v in (x, other)):
+        return _scaled_squares(run, func, a)
     if isinstance(x, _Tracked) and isinstance(other, _Tracked):
         raise UnsupportedOpError("a product of two input-dependent tensors is not globally Lipschitz")
     if _op_name(func) == "div" and (isinstance(other, _Tracked) or a.get("rounding_mode")):
@@ -416,10 +462,42 @@ def _product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     return run.wrap(run.tracker.elementwise(signal, factor, alike=_is_scalar(constant)), data.dtype)
 
 
+def _scaled_squares(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """Squares times (or divided by) constants c >= 0: a nonnegative map with column sums max c."""
+    x, other = a["self"], a["other"]
+    squares, factor = (x, other) if isinstance(x, _Tracked) and x.squares is not None else (other, x)
+    if _op_name(func) == "div" and squares is other:
+        raise UnsupportedOpError("a division by squares of input-dependent values is not Lipschitz")
+    factors = torch.as_tensor(_constant(factor, "factor"), dtype=torch.float64)
+    if not bool((factors > 0).all() if _op_name(func) == "div" else (factors >= 0).all()):
+        raise UnsupportedOpError("squares may only be scaled by constants >= 0")
+    spread = float((1 / factors if _op_name(func) == "div" else factors).max())
+    return run.wrap_squares(squares.squares.combined(spread, run.shadow(func, a).shape), squares.dtype)
+
+
+def _power(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """pow by 2 makes squares (Squares); sqrt, or pow by 0.5, of squares pooled by nonnegative weights
+    is bounded by their spread (Tracker.root). Other powers are not globally Lipschitz."""
+    x = a["self"]
+    exponent = 0.5 if _op_name(func) == "sqrt" else _constant(a["exponent"], "exponent")
+    if not _is_scalar(exponent):
+        raise UnsupportedOpError("only a scalar exponent is supported")
+    exponent = float(exponent)
+    if isinstance(x, _Tracked) and x.squares is None and exponent == 2:
+        return run.wrap_squares(run.tracker.squares(_signal(x)), x.dtype)
+    if isinstance(x, _Tracked) and x.squares is not None and exponent == 0.5:
+        return run.wrap(run.tracker.root(x.squares), x.dtype)
+    raise UnsupportedOpError(
+        "only the square of an input-dependent tensor, and the square root of its pooled squares, are bounded"
+    )
+
+
 def _extremum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """maximum / minimum of two input-dependent tensors is the top / bottom rank of each sorted pair
     (Tracker.sorted_group: a sort is 1-Lipschitz); with a constant, only a clamp (1-Lipschitz)."""
     x, other = a["self"], a["other"]
+    if _op_name(func) == "maximum" and isinstance(x, _Tracked) and x.squares is not None:
+        return _floor(run, x.squares, other, x.dtype)
     shape = run.shadow(func, a).shape
     operands = [run.tracker.broadcast(v.signal, shape) for v in (x, other) if isinstance(v, _Tracked)]
     dtype = next(v.dtype for v in (x, other) if isinstance(v, _Tracked))
@@ -476,6 +554,9 @@ def _average_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> 
     if tuple(shape[2:]) != floor:
         raise UnsupportedOpError("ceil_mode=True adds partial windows")
     dilation = (1,) * len(spatial)
+    if x.squares is not None:
+        spread = window_spread(spatial, shape[2:], kernel, stride, dilation, padding)
+        return run.wrap_squares(x.squares.combined(spread, shape), x.dtype)
     gain = average_pool_gain(kernel, input_size=spatial, stride=stride, padding=padding, dilation=dilation)
     return run.wrap(run.tracker.transformed(_signal(x), gain, shape), x.dtype)
 
@@ -509,6 +590,9 @@ _REDUCE_GAINS: dict[str, Callable[[int], float]] = {
 }
 
 
+_SQUARES_SPREADS: dict[str, Callable[[int], float]] = {"mean": lambda n: 1 / n, "sum": lambda n: 1.0}
+
+
 def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """mean / sum / amax / amin over dims (never the batch axis) combine disjoint groups of n values:
     |mean| <= ||group|| / sqrt(n), |sum| <= sqrt(n) ||group||, |max|, |min| <= ||group|| (in
@@ -518,8 +602,13 @@ def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     dims = [d % x.dim() for d in ([dims] if isinstance(dims, int) else dims)]
     if 0 in dims:
         raise UnsupportedOpError("it reduces over the batch axis")
-    gain = _REDUCE_GAINS[_op_name(func)](math.prod(x.shape[d] for d in dims))
-    return run.wrap(run.tracker.transformed(_signal(x), gain, run.shadow(func, a).shape), x.dtype)
+    count, shape = math.prod(x.shape[d] for d in dims), run.shadow(func, a).shape
+    if x.squares is not None:
+        return run.wrap_squares(x.squares.combined(_SQUARES_SPREADS[_op_name(func)](count), shape), x.dtype)
+    gain = _REDUCE_GAINS[_op_name(func)](count)
+    if _op_name(func) == "mean":
+        return run.wrap(run.tracker.mean(_signal(x), gain, shape), x.dtype)
+    return run.wrap(run.tracker.transformed(_signal(x), gain, shape), x.dtype)
 
 
 def _batch_norm(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
@@ -554,8 +643,14 @@ RULES: dict[str, Rule] = {
     ),
     **dict.fromkeys(_REDUCE_GAINS, _reduce),
     **dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit_no_training"), _batch_norm),
+    **dict.fromkeys(("pow", "sqrt"), _power),
 }
 """aten op name (overload packet) -> rule returning the op's outputs."""
+
+SQUARES_OPS = frozenset(
+    {"avg_pool1d", "avg_pool2d", "sum", "mean", "mul", "div", "clamp", "clamp_min", "maximum", "pow", "sqrt"}
+)
+"""aten ops whose rules accept squares (Squares): pooling and scaling them, a floor, their root."""
 
 
 def program_bound(

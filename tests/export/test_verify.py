@@ -293,7 +293,9 @@ def test_linear_programs_are_bounded_by_their_exact_norm(case):
     ("program", "message"),
     [
         (nn.Softmax(dim=1), "unsupported op aten._softmax"),
-        (lambda x: x * x, "product of two input-dependent tensors"),
+        (lambda x: x * x.relu(), "product of two input-dependent tensors"),
+        (lambda x: x.pow(3), "only the square of an input-dependent tensor"),
+        (lambda x: (x * x).sum(dim=1).relu(), "reads squares of input-dependent values"),
         (lambda x: x.reshape(1, -1), "changes the batch axis"),
         (lambda x: x.sort(dim=1).indices.float(), "the indices of aten.sort"),
     ],
@@ -538,6 +540,53 @@ NONLINEAR_GRAPHS = {
 }
 
 
+NONLINEAR_GRAPHS |= {
+    "l2 norm pool: square, overlapping average pool, scale, floor, root": (
+        [
+            _node("Pow", ["x", "two"], "s"),
+            _node("AveragePool", ["s"], "p", kernel_shape=[3], strides=[1], pads=[1, 1], count_include_pad=1),
+            _node("Mul", ["p", "three"], "m"),
+            _node("Clip", ["m", "eps"], "c"),
+            _node("Sqrt", ["c"]),
+        ],
+        {"two": np.float32(2), "three": np.float32(3), "eps": np.float32(1e-12)},
+        (2, 6),
+        math.sqrt(3),  # a pixel lies in 3 windows of the sum of squares
+    ),
+    "global l2 norm: x * x, sum, floor, root": (
+        [
+            _node("Mul", ["x", "x"], "s"),
+            _node("ReduceSum", ["s", "axes"], "r", keepdims=1),
+            _node("Max", ["r", "eps"], "m"),
+            _node("Sqrt", ["m"]),
+        ],
+        {"axes": np.array([2]), "eps": np.float32(1e-12)},
+        (3, 4),
+        1.0,
+    ),
+    "centering: x - mean over channels + bias": (
+        [
+            _node("ReduceMean", ["x", "axes"], "m", keepdims=1),
+            _node("Sub", ["x", "m"], "c"),
+            _node("Add", ["c", "b"]),
+        ],
+        {"axes": np.array([1]), "b": _weights(1, 3, 1)},
+        (3, 4),
+        1.0,
+    ),
+    "sort with k read from the shape": (
+        [
+            _node("Shape", ["x"], "s"),
+            _node("Gather", ["s", "one"], "k"),
+            helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=1),
+        ],
+        {"one": np.array([1])},
+        (5,),
+        1.0,
+    ),
+}
+
+
 @pytest.mark.parametrize("case", NONLINEAR_GRAPHS)
 def test_nonlinear_graphs_bound_their_difference_quotients(case):
     nodes, initializers, example_shape, expected = NONLINEAR_GRAPHS[case]
@@ -555,8 +604,10 @@ def test_nonlinear_graphs_bound_their_difference_quotients(case):
     ("node", "initializers", "message"),
     [
         (_node("Softmax", ["x"]), {}, "unsupported op Softmax"),
-        (_node("Mul", ["x", "x"]), {}, "product of two input-dependent tensors"),
         (_node("Div", ["w", "x"]), {"w": _weights(3)}, "division by an input-dependent tensor"),
+        (_node("Pow", ["x", "w"]), {"w": np.float32(3)}, "only the square of an input-dependent tensor"),
+        (_node("Sqrt", ["x"]), {}, "square root of its pooled squares"),
+        (_node("Mul", ["x", "x"]), {}, "holds squares of input-dependent values"),
     ],
 )
 def test_ops_without_a_sound_rule_are_named(node, initializers, message):
@@ -576,6 +627,26 @@ def test_a_conv_transpose_sized_by_output_shape_is_refused():
         ([_node("Transpose", ["x"], perm=[1, 0])], {}, "changes the batch axis"),
         ([_node("Reshape", ["x", "s"])], {"s": np.array([2, -1])}, "fixed batch size"),
         ([_node("Gather", ["x", "i"], axis=0)], {"i": np.array([1, 0])}, "mixes the examples"),
+        (
+            [_node("Mul", ["x", "x"], "s"), _node("Relu", ["s"])],
+            {},
+            "reads squares of input-dependent values",
+        ),
+        (
+            [_node("Relu", ["x"], "r"), _node("Mul", ["x", "r"])],
+            {},
+            "product of two input-dependent tensors",
+        ),
+        (
+            [
+                _node("Shape", ["x"], "s"),
+                _node("Gather", ["s", "i"], "b"),
+                _node("Concat", ["b", "rest"], "t", axis=0),
+                _node("Reshape", ["x", "t"]),
+            ],
+            {"i": np.array([0]), "rest": np.array([-1])},
+            "uses the batch size read by a Shape node",
+        ),
     ],
 )
 def test_ops_that_mix_examples_are_refused(nodes, initializers, message):
