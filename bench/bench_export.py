@@ -15,6 +15,7 @@ ONNX file alone (once per model).
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -46,10 +47,14 @@ CASES = [
 
 def median_ms(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median wall time (ms) of each call; the calls are interleaved round-robin so that a change of
-    machine load hits every variant alike."""
+    machine load hits every variant alike, in a new random order every round so that no variant is
+    always the one that runs after another runtime (cold caches, sleeping threads)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
+    names, order = list(runs), random.Random(0)
     for repeat in range(repeats + 3):
-        for name, run in runs.items():
+        order.shuffle(names)
+        for name in names:
+            run = runs[name]
             start = time.perf_counter()
             run()
             if repeat >= 3:  # the first rounds are warm-up
