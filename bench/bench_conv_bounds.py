@@ -14,10 +14,10 @@ Run: ``python bench/bench_conv_bounds.py``
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 
 import torch
+from timing import interleaved_seconds
 
 from zoo.bounds import conv_bound, conv_operator_matrix
 
@@ -42,15 +42,14 @@ TIGHTNESS_CASES = [  # (label, weight shape, input size, conv keyword arguments)
 
 
 def best_times(methods: dict[str, Callable[[], float]], repeats: int) -> dict[str, tuple[float, float]]:
-    """{name: (fastest wall time in seconds, value)}; one warm-up call each, then ``repeats`` rounds
-    that call every method in turn, so that all of them see the same machine load."""
-    values = {name: method() for name, method in methods.items()}
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, method in methods.items():
-            start = time.perf_counter()
-            values[name] = method()
-            times[name].append(time.perf_counter() - start)
+    """{name: (fastest wall time in seconds, value)}; one warm-up round, then ``repeats`` interleaved
+    rounds (bench/timing.py), so that all methods see the same machine load."""
+    values: dict[str, float] = {}
+
+    def recording(name: str) -> Callable[[], None]:
+        return lambda: values.__setitem__(name, methods[name]())
+
+    times = interleaved_seconds({name: recording(name) for name in methods}, repeats, warmup=1)
     return {name: (min(times[name]), values[name]) for name in methods}
 
 

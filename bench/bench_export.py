@@ -15,7 +15,6 @@ ONNX file alone (once per model).
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ import onnxruntime as ort
 import torch
 from rich.console import Console
 from rich.table import Table
+from timing import interleaved_seconds
 
 from export.runtime import onnx_session
 from export.verify import verify_onnx
@@ -46,19 +46,8 @@ CASES = [
 
 
 def median_ms(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each call; the calls are interleaved round-robin so that a change of
-    machine load hits every variant alike, in a new random order every round so that no variant is
-    always the one that runs after another runtime (cold caches, sleeping threads)."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names, order = list(runs), random.Random(0)
-    for repeat in range(repeats + 3):
-        order.shuffle(names)
-        for name in names:
-            run = runs[name]
-            start = time.perf_counter()
-            run()
-            if repeat >= 3:  # the first rounds are warm-up
-                times[name].append(time.perf_counter() - start)
+    """Median wall time (ms) of each call over ``repeats`` interleaved rounds (bench/timing.py)."""
+    times = interleaved_seconds(runs, repeats, warmup=3)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 

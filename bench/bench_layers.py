@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import interleaved_seconds
 from torch import nn
 
 from zoo.layers import FAMILIES, SLL, GroupSort2, sll_residual
@@ -96,26 +96,26 @@ def rows() -> list[tuple[str, tuple[int, ...], Callable[[], nn.Module], Callable
 
 
 def step_times(makers: list[Callable[[], nn.Module]], shape: tuple[int, ...], steps: int) -> list[float]:
-    """Median seconds of one training step of each network on the same random batch.
-
-    The networks are timed in turns, one step each per round, so a change of machine load affects
-    them all alike (the CPU is shared).
-    """
+    """Median seconds of one training step of each network on the same random batch, the networks
+    timed in interleaved rounds (bench/timing.py) so that a change of machine load affects them all
+    alike (the CPU is shared)."""
     torch.manual_seed(0)
     x = torch.randn(*shape)
-    models = [make().train() for make in makers]
-    optimizers = [torch.optim.SGD(model.parameters(), lr=1e-3) for model in models]
-    times: list[list[float]] = [[] for _ in models]
-    for step in range(steps + 2):  # two warm-up rounds
-        for model, optimizer, record in zip(models, optimizers, times, strict=True):
-            start = time.perf_counter()
+
+    def training_step(model: nn.Module) -> Callable[[], None]:
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step() -> None:
             loss = model(x).square().mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step >= 2:
-                record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
+
+        return step
+
+    steps_of = {str(i): training_step(make().train()) for i, make in enumerate(makers)}
+    times = interleaved_seconds(steps_of, steps)
+    return [statistics.median(times[str(i)]) for i in range(len(makers))]
 
 
 def main() -> None:

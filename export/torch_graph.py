@@ -220,10 +220,10 @@ class _Run:
         try:
             leaves = tree_leaves((args, kwargs))
             if any(isinstance(value, _Tracked) and value.squares is not None for value in leaves):
-                if _op_name(func) not in SQUARES_OPS:
+                if _op_name(func) not in SQUARES_OPS or name != _op_name(func):
                     raise UnsupportedOpError(
                         f"aten.{name} reads squares of input-dependent values: only their pooled "
-                        "square root is bounded"
+                        "square root is bounded (by out-of-place ops)"
                     )
                 return self.apply(func, args, kwargs)
             for value in leaves:

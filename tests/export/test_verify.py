@@ -296,6 +296,7 @@ def test_linear_programs_are_bounded_by_their_exact_norm(case):
         (lambda x: x * x.relu(), "product of two input-dependent tensors"),
         (lambda x: x.pow(3), "only the square of an input-dependent tensor"),
         (lambda x: (x * x).sum(dim=1).relu(), "reads squares of input-dependent values"),
+        (lambda x: (x * x).clamp_min_(1e-6).sqrt(), "reads squares of input-dependent values"),
         (lambda x: x.reshape(1, -1), "changes the batch axis"),
         (lambda x: x.sort(dim=1).indices.float(), "the indices of aten.sort"),
     ],
