@@ -275,6 +275,13 @@ def _power(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value
     )
 
 
+def _prelu(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """PRelu: each output value is x or a x for its constant slope a, max(1, max |a|)-Lipschitz."""
+    x, slope = _data(inputs), _constant(inputs, 1, "slope")
+    factor = max(1.0, float(np.max(np.abs(slope.astype(np.float64)))))
+    return [walk.tracker.elementwise(x, factor, alike=slope.size == 1)]
+
+
 def _batch_normalization(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Inference-mode BatchNormalization is y = x * scale / sqrt(var + eps) + shift per channel: an
     elementwise map with Lipschitz constant max |scale / sqrt(var + eps)|."""
@@ -612,6 +619,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(REINDEXING, _reindex),
     **dict.fromkeys(("Relu", "LeakyRelu", "Abs", "Neg", "Clip", "Tanh", "Sigmoid"), _elementwise),
     "BatchNormalization": _batch_normalization,
+    "PRelu": _prelu,
     **dict.fromkeys(("Add", "Sub", "Sum"), _sum),
     **dict.fromkeys(("Mul", "Div"), _product),
     **dict.fromkeys(("Max", "Min"), _extremum),

@@ -410,6 +410,13 @@ def _elementwise(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> A
     return run.wrap(run.tracker.elementwise(_signal(x), factor, alike), x.dtype)
 
 
+def _prelu(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """prelu: each output value is x or a x for its constant slope a, max(1, max |a|)-Lipschitz."""
+    x, slope = a["self"], _constant(a["weight"], "slope")
+    factor = max(1.0, float(slope.detach().abs().max()))
+    return run.wrap(run.tracker.elementwise(_signal(x), factor, alike=slope.numel() == 1), x.dtype)
+
+
 def _sum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """add / sub / rsub (x + alpha y, x - alpha y, y - alpha x): a constant term only translates;
     input-dependent terms, scaled by |alpha| where it applies, are summed (Tracker.summed); x - mean(x)
@@ -631,6 +638,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("convolution", "_convolution"), _conv),
     **dict.fromkeys(("addmm", "mm"), _matrix_product),
     **dict.fromkeys(_SCALAR_MAPS, _elementwise),
+    **dict.fromkeys(("prelu", "_prelu_kernel"), _prelu),
     **dict.fromkeys(("add", "sub", "rsub"), _sum),
     **dict.fromkeys(("mul", "div"), _product),
     **dict.fromkeys(("maximum", "minimum"), _extremum),

@@ -28,6 +28,7 @@ from zoo.layers import (
     InvertibleDownSampling,
     InvertibleUpSampling,
     LayerCentering,
+    LPReLU,
     MaxMin,
     OrthogonalConv1d,
     OrthogonalConv2d,
@@ -40,6 +41,8 @@ from zoo.layers import (
     SLLLinear,
     SpectralConv1d,
     SpectralConv2d,
+    SpectralConvTranspose1d,
+    SpectralConvTranspose2d,
     SpectralLinear,
     sll_residual,
 )
@@ -151,7 +154,17 @@ CASES: dict[str, Case] = {
         lip=2.0,
         orthogonal=True,
     ),
+    "spectral_conv_transpose2d_stride2": Case(
+        lambda: SpectralConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
+        lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
+        (4, 4, 4),
+    ),
     # 1-D convolutions
+    "spectral_conv_transpose1d": Case(
+        lambda: SpectralConvTranspose1d(3, 5, 4, stride=2, padding=1),
+        lambda: nn.ConvTranspose1d(3, 5, 4, stride=2, padding=1),
+        (3, 6),
+    ),
     "spectral_conv1d": Case(
         lambda: SpectralConv1d(3, 5, 3, padding=1), lambda: nn.Conv1d(3, 5, 3, padding=1), (3, 10)
     ),
@@ -186,6 +199,7 @@ CASES: dict[str, Case] = {
     "fullsort": Case(FullSort, FullSort, (5, 3)),
     "maxmin": Case(MaxMin, MaxMin, (6, 3)),
     "abs": Case(Abs, Abs, (4, 3)),
+    "lprelu": Case(lambda: LPReLU(4, init=0.5), lambda: nn.PReLU(4), (4, 3)),
     "householder": Case(lambda: HouseHolder(6), lambda: HouseHolder(6), (6, 3)),
     # pooling and resampling; overlapping windows have the larger norm their docstrings state
     "scaled_avg_pool": Case(lambda: ScaledAvgPool2d(2), lambda: ScaledAvgPool2d(2), (2, 6, 6)),

@@ -153,6 +153,11 @@ def _one(module: nn.Module, input_shape: tuple[int, ...]) -> float:
     return 1.0
 
 
+def _prelu_bound(module: nn.PReLU, input_shape: tuple[int, ...]) -> float:
+    """Each output is ``x`` or ``a x`` for a stored slope ``a``: ``max(1, max |a|)``."""
+    return max(1.0, float(module.weight.detach().abs().max()))
+
+
 def _householder_bound(module: HouseHolder, input_shape: tuple[int, ...]) -> float:
     """The Householder activation computes ``x - 2 A^T relu(A x)`` (see its docstring): an adjoint
     residual block, bounded from ``A`` like a folded SLL block (about 1)."""
@@ -198,6 +203,7 @@ LEAF_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple[int, ...]], float]]
     GroupSort2: _one,
     MaxMin: _one,
     nn.ReLU: _one,
+    nn.PReLU: _prelu_bound,
     nn.Flatten: _one,
     nn.Identity: _one,
     nn.ConvTranspose1d: _conv_transpose_bound,

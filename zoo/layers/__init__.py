@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from zoo.layers.activations import Abs, FullSort, GroupSort, GroupSort2, HouseHolder, MaxMin
+from zoo.layers.activations import Abs, FullSort, GroupSort, GroupSort2, HouseHolder, LPReLU, MaxMin
 from zoo.layers.aol import AOLConv1d, AOLConv2d, AOLLinear, AOLRescale, aol
 from zoo.layers.frobenius import (
     FrobeniusConv1d,
@@ -47,6 +47,8 @@ from zoo.layers.spectral import (
     SpectralBjorck,
     SpectralConv1d,
     SpectralConv2d,
+    SpectralConvTranspose1d,
+    SpectralConvTranspose2d,
     SpectralLinear,
     bjorck_orthonormalize,
     spectral_bjorck,
@@ -82,6 +84,7 @@ __all__ = [
     "HouseHolder",
     "InvertibleDownSampling",
     "InvertibleUpSampling",
+    "LPReLU",
     "LayerCentering",
     "MaxMin",
     "OrthogonalConv1d",
@@ -98,6 +101,8 @@ __all__ = [
     "SpectralBjorck",
     "SpectralConv1d",
     "SpectralConv2d",
+    "SpectralConvTranspose1d",
+    "SpectralConvTranspose2d",
     "SpectralLinear",
     "aol",
     "bjorck_orthonormalize",

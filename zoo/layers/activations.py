@@ -13,10 +13,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from zoo.bounds.residual import LinearMap, adjoint_kernel
 
-__all__ = ["Abs", "FullSort", "GroupSort", "GroupSort2", "HouseHolder", "MaxMin"]
+__all__ = ["Abs", "FullSort", "GroupSort", "GroupSort2", "HouseHolder", "LPReLU", "MaxMin", "SlopeClamp"]
 
 _LAYERS = {0: F.linear, 1: F.conv1d, 2: F.conv2d}
 """Spatial axes -> the map of a weight (a 1x1 kernel for convolutions)."""
@@ -90,6 +91,35 @@ class Abs(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs()
+
+
+class SlopeClamp(nn.Module):
+    """Parametrization ``slope -> clamp(slope, -1, 1)`` of a PReLU's negative slopes (values already
+    in [-1, 1] are their own preimage)."""
+
+    def forward(self, slope: torch.Tensor) -> torch.Tensor:
+        return slope.clamp(-1.0, 1.0)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+def LPReLU(num_parameters: int = 1, init: float = 0.25) -> nn.PReLU:
+    """``nn.PReLU`` with its learnt negative slopes clamped to [-1, 1] (deel-torchlip's LPReLU): each
+    output is ``x`` or ``a x`` with ``|a| <= 1``, so the layer is 1-Lipschitz. Folds into a plain
+    ``nn.PReLU`` (certified from its slopes: ``max(1, max |a|)``).
+
+    Args:
+        num_parameters: 1 (one slope) or the number of channels (dim 1).
+        init: initial slope, in [-1, 1].
+
+    Shape: (N, C, *) -> same.
+    """
+    if not -1 <= init <= 1:
+        raise ValueError(f"init must be in [-1, 1], got {init}")
+    layer = nn.PReLU(num_parameters, init)
+    parametrize.register_parametrization(layer, "weight", SlopeClamp())
+    return layer
 
 
 class HouseHolder(nn.Module):

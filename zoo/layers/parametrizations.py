@@ -20,9 +20,10 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["LAYER_TYPES", "check_layer", "conv_overlap_factor", "layer_constructor"]
+__all__ = ["LAYER_TYPES", "TRANSPOSED_TYPES", "check_layer", "conv_overlap_factor", "layer_constructor"]
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 
 # Zero padding restricts the circular convolution of a larger grid and circular padding is that
 # convolution, so both keep a convolution's norm at most its circular norm; reflect / replicate
@@ -30,16 +31,21 @@ LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 SUPPORTED_PADDING_MODES = ("zeros", "circular")
 
 
-def check_layer(module: nn.Module, family: str, *, groups: bool = True, dilation: bool = True) -> None:
+def check_layer(
+    module: nn.Module, family: str, *, groups: bool = True, dilation: bool = True, transposed: bool = False
+) -> None:
     """Raise unless ``module`` is a layer the parametrization ``family`` is sound for.
 
     Raises:
-        TypeError: not an ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d``.
+        TypeError: not an ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` (or, when the family takes
+            ``transposed`` convolutions, an ``nn.ConvTranspose1d`` / ``2d``).
         ValueError: a padding mode other than zeros / circular, or groups / dilation the family does
             not support.
     """
-    if not isinstance(module, LAYER_TYPES):
-        raise TypeError(f"{family} expects nn.Linear or nn.Conv1d/2d, got {type(module).__name__}")
+    accepted = LAYER_TYPES + (TRANSPOSED_TYPES if transposed else ())
+    if not isinstance(module, accepted):
+        names = "nn.Linear, nn.Conv1d/2d" + (" or nn.ConvTranspose1d/2d" if transposed else "")
+        raise TypeError(f"{family} expects {names}, got {type(module).__name__}")
     if isinstance(module, nn.Linear):
         return
     if module.padding_mode not in SUPPORTED_PADDING_MODES:

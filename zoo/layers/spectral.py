@@ -4,7 +4,9 @@ The weight, viewed as the (out, in * prod(kernel)) matrix, is divided by its lar
 (power iteration) and pushed towards the nearest orthonormal matrix by Bjorck iterations, so all its
 singular values are close to ``lip``: gradient norm preserving dense layers. A convolution is
 additionally divided by ``sqrt(conv_overlap_factor)``: sound for every kernel, loose for most (the
-orthogonal and AOL families use the convolution's real structure instead).
+orthogonal and AOL families use the convolution's real structure instead). A transposed
+convolution is the adjoint of the convolution with the same weight, whose matrix view is the same,
+so it gets the same treatment (:func:`SpectralConvTranspose2d`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = [
     "SpectralBjorck",
     "SpectralConv1d",
     "SpectralConv2d",
+    "SpectralConvTranspose1d",
+    "SpectralConvTranspose2d",
     "SpectralLinear",
     "bjorck_orthonormalize",
     "gram_norm_bound",
@@ -174,11 +178,14 @@ def spectral_bjorck(
 ) -> nn.Module:
     """Register a :class:`SpectralBjorck` parametrization on ``module.weight`` (in place) and return it.
 
-    Works for ``nn.Linear`` and ``nn.Conv1d`` / ``nn.Conv2d`` (groups=1, zero or circular padding);
-    convolutions get the extra factor ``1 / sqrt(conv_overlap_factor)`` so that the whole convolution
-    stays ``lip``-Lipschitz.
+    Works for ``nn.Linear``, ``nn.Conv1d`` / ``nn.Conv2d`` (groups=1, zero or circular padding) and
+    ``nn.ConvTranspose1d`` / ``2d`` (groups=1); convolutions get the extra factor
+    ``1 / sqrt(conv_overlap_factor)`` so that the whole convolution stays ``lip``-Lipschitz. A
+    transposed convolution's weight ``(in, out, *kernel)`` viewed as an ``(in, out * prod(kernel))``
+    matrix is the matrix view of the convolution it is the adjoint of (same stride, dilation), whose
+    norm bounds its own.
     """
-    check_layer(module, "spectral_bjorck", groups=False)
+    check_layer(module, "spectral_bjorck", groups=False, transposed=True)
     scale = 1.0
     if not isinstance(module, nn.Linear):
         scale = 1.0 / math.sqrt(conv_overlap_factor(module.kernel_size, module.stride, module.dilation))
@@ -198,3 +205,5 @@ def spectral_bjorck(
 SpectralLinear = layer_constructor(nn.Linear, spectral_bjorck, "SpectralLinear")
 SpectralConv1d = layer_constructor(nn.Conv1d, spectral_bjorck, "SpectralConv1d")
 SpectralConv2d = layer_constructor(nn.Conv2d, spectral_bjorck, "SpectralConv2d")
+SpectralConvTranspose1d = layer_constructor(nn.ConvTranspose1d, spectral_bjorck, "SpectralConvTranspose1d")
+SpectralConvTranspose2d = layer_constructor(nn.ConvTranspose2d, spectral_bjorck, "SpectralConvTranspose2d")
