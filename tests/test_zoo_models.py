@@ -1,5 +1,6 @@
 """The shipped zoo: every model with weights loads (hash and certificate re-checked), reproduces
-its recorded accuracy, exports and verifies; and loading works from an installed wheel."""
+its recorded accuracy, exports to ONNX and re-verifies from the file; and loading works from an
+installed wheel."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 
 import zoo
+from export.pipeline import export_model
+from export.verify import verify_artifact
 from training.data import load_dataset
 from training.trainer import evaluate, evaluation_split
 from zoo.registry import load_registry
@@ -32,6 +35,15 @@ def test_a_shipped_model_reproduces_its_recorded_metrics(name, tmp_path):
     assert measured["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=1e-3)
     for eps, accuracy in measured["certified_accuracy"].items():
         assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{eps}"], abs=1e-3)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_model_exports_to_onnx_and_reverifies(name, tmp_path):
+    certified = zoo.load(name)
+    (check,) = export_model(certified, tmp_path, onnx=True, torchscript=False)
+    report = verify_artifact(check.path)
+    assert report.ok and report.embedded == certified.certificate
+    assert report.lipschitz_bound == pytest.approx(certified.certificate.lipschitz_bound, rel=1e-9)
 
 
 def test_the_zoo_ships_models():
