@@ -102,6 +102,16 @@ CASES: dict[str, Case] = {
         lambda: nn.Conv2d(4, 8, 3, stride=2, padding=1),
         (4, 6, 6),
     ),
+    "spectral_conv2d_groups": Case(
+        lambda: SpectralConv2d(4, 6, 3, padding=1, groups=2),
+        lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        (4, 6, 6),
+    ),
+    "spectral_conv2d_depthwise_stride2": Case(
+        lambda: SpectralConv2d(4, 4, 3, stride=2, padding=1, groups=4),
+        lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4),
+        (4, 6, 6),
+    ),
     "frobenius_conv2d": Case(
         lambda: FrobeniusConv2d(4, 4, 3, stride=2, padding=1, groups=2),
         lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2),

@@ -34,6 +34,7 @@ from zoo.layers import (
     aol,
     fold_batchrenorm,
     orthogonal,
+    spectral_bjorck,
 )
 from zoo.layers.aol import gram_abs_row_sums
 from zoo.layers.orthogonal import compose_kernels
@@ -258,6 +259,8 @@ def test_fold_replaces_hooked_modules_and_certify_refuses_unfolded():
         (orthogonal, nn.Conv2d(2, 2, 3, groups=2), ValueError),
         (orthogonal, nn.Conv2d(2, 2, 3, dilation=2), ValueError),
         (orthogonal, nn.Conv2d(2, 4, (3, 1), stride=2), ValueError),
+        (spectral_bjorck, nn.ConvTranspose2d(2, 2, 3, groups=2), ValueError),
+        (spectral_bjorck, nn.Conv2d(2, 2, 3, padding=1, padding_mode="replicate"), ValueError),
     ],
 )
 def test_constraints_refuse_layers_they_are_not_sound_for(constrain, layer, error):

@@ -107,8 +107,12 @@ class SpectralBjorck(nn.Module):
     matrices smaller than 1.9^16 (60 000) but guarantees ``||W / sigma|| <= 1.9``: the result never
     exceeds ``lip`` (with the default step 0.5).
 
+    A grouped convolution is block-diagonal over its groups: each group's block of rows (its own
+    matrix view) is normalised on its own, with its own slice of ``u``.
+
     Args:
         out_features: first dimension of the weight (rows of the matrix view).
+        groups: convolution groups (the rows split into that many blocks).
         lip: the Lipschitz coefficient the layer should have.
         scale: extra factor, e.g. ``1 / sqrt(conv_overlap_factor(...))`` for convolutions.
         power_iters: power iterations per training step.
@@ -122,6 +126,7 @@ class SpectralBjorck(nn.Module):
         self,
         out_features: int,
         *,
+        groups: int = 1,
         lip: float = 1.0,
         scale: float = 1.0,
         power_iters: int = 1,
@@ -135,6 +140,9 @@ class SpectralBjorck(nn.Module):
             raise ValueError(f"lip must be positive, got {lip}")
         if power_iters < 1 or bjorck_iters < 1:
             raise ValueError("power_iters and bjorck_iters must be >= 1")
+        if out_features % groups:
+            raise ValueError(f"groups ({groups}) must divide out_features ({out_features})")
+        self.groups = groups
         self.lip = lip
         self.scale = scale
         self.power_iters = power_iters
@@ -145,24 +153,28 @@ class SpectralBjorck(nn.Module):
         self.register_buffer("u", F.normalize(u, dim=0))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        matrix = weight.flatten(1)
-        if self.training:
+        blocks = weight.flatten(1).chunk(self.groups, dim=0)
+        vectors = self.u.chunk(self.groups)  # views: updating one updates the buffer
+        if self.training:  # all updates before any use, which autograd saves
             with torch.no_grad():
-                u = self.u
-                for _ in range(self.power_iters):
-                    v = F.normalize(matrix.T @ u, dim=0)
-                    u = F.normalize(matrix @ v, dim=0)
-                self.u.copy_(u)
-        v = F.normalize(matrix.T @ self.u, dim=0)
-        sigma = torch.maximum(torch.dot(self.u, matrix @ v), gram_norm_bound(matrix) / 1.9)
-        orthonormal = bjorck_orthonormalize(
-            matrix / sigma, self.bjorck_iters, self.bjorck_beta, self.bjorck_tol
-        )
+                for matrix, u in zip(blocks, vectors, strict=True):
+                    estimate = u
+                    for _ in range(self.power_iters):
+                        v = F.normalize(matrix.T @ estimate, dim=0)
+                        estimate = F.normalize(matrix @ v, dim=0)
+                    u.copy_(estimate)
+        orthonormal = torch.cat([self._orthonormal(m, u) for m, u in zip(blocks, vectors, strict=True)])
         return (self.lip * self.scale * orthonormal).view_as(weight)
+
+    def _orthonormal(self, matrix: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``Bjorck(matrix / sigma)`` for one block, with ``u`` its power-iteration vector."""
+        v = F.normalize(matrix.T @ u, dim=0)
+        sigma = torch.maximum(torch.dot(u, matrix @ v), gram_norm_bound(matrix) / 1.9)
+        return bjorck_orthonormalize(matrix / sigma, self.bjorck_iters, self.bjorck_beta, self.bjorck_tol)
 
     def extra_repr(self) -> str:
         return (
-            f"lip={self.lip}, scale={self.scale:.4g}, power_iters={self.power_iters}, "
+            f"groups={self.groups}, lip={self.lip}, scale={self.scale:.4g}, power_iters={self.power_iters}, "
             f"bjorck_iters={self.bjorck_iters}, bjorck_tol={self.bjorck_tol}"
         )
 
@@ -178,19 +190,23 @@ def spectral_bjorck(
 ) -> nn.Module:
     """Register a :class:`SpectralBjorck` parametrization on ``module.weight`` (in place) and return it.
 
-    Works for ``nn.Linear``, ``nn.Conv1d`` / ``nn.Conv2d`` (groups=1, zero or circular padding) and
+    Works for ``nn.Linear``, ``nn.Conv1d`` / ``nn.Conv2d`` (any groups, zero or circular padding) and
     ``nn.ConvTranspose1d`` / ``2d`` (groups=1); convolutions get the extra factor
     ``1 / sqrt(conv_overlap_factor)`` so that the whole convolution stays ``lip``-Lipschitz. A
     transposed convolution's weight ``(in, out, *kernel)`` viewed as an ``(in, out * prod(kernel))``
     matrix is the matrix view of the convolution it is the adjoint of (same stride, dilation), whose
     norm bounds its own.
     """
-    check_layer(module, "spectral_bjorck", groups=False, transposed=True)
+    check_layer(module, "spectral_bjorck", transposed=True)
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    if transposed and module.groups != 1:
+        raise ValueError("spectral_bjorck supports groups=1 transposed convolutions only")
     scale = 1.0
     if not isinstance(module, nn.Linear):
         scale = 1.0 / math.sqrt(conv_overlap_factor(module.kernel_size, module.stride, module.dilation))
     parametrization = SpectralBjorck(
         module.weight.shape[0],
+        groups=getattr(module, "groups", 1),
         lip=lip,
         scale=scale,
         power_iters=power_iters,
