@@ -157,6 +157,24 @@ CASES: dict[str, Case] = {
         (2, 6, 6),
         orthogonal=True,
     ),
+    "orthogonal_conv2d_groups_circular": Case(
+        lambda: OrthogonalConv2d(4, 4, 3, padding=1, groups=2, **CIRCULAR),
+        lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2, **CIRCULAR),
+        (4, 6, 6),
+        orthogonal=True,
+    ),
+    "orthogonal_conv2d_groups_stride2_expanding": Case(
+        lambda: OrthogonalConv2d(2, 12, 4, stride=2, padding=1, groups=2, **CIRCULAR),
+        lambda: nn.Conv2d(2, 12, 4, stride=2, padding=1, groups=2, **CIRCULAR),
+        (2, 6, 6),
+        orthogonal=True,
+    ),
+    "orthogonal_conv2d_rko_groups": Case(
+        lambda: OrthogonalConv2d(4, 8, 2, stride=2, groups=2),
+        lambda: nn.Conv2d(4, 8, 2, stride=2, groups=2),
+        (4, 6, 6),
+        orthogonal=True,
+    ),
     "orthogonal_conv2d_rko": Case(
         lambda: OrthogonalConv2d(3, 12, 2, stride=2, lip=2.0),
         lambda: nn.Conv2d(3, 12, 2, stride=2),

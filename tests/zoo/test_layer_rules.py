@@ -256,7 +256,6 @@ def test_fold_replaces_hooked_modules_and_certify_refuses_unfolded():
     [
         (aol, nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), ValueError),
         (aol, nn.Conv3d(2, 2, 3), TypeError),
-        (orthogonal, nn.Conv2d(2, 2, 3, groups=2), ValueError),
         (orthogonal, nn.Conv2d(2, 2, 3, dilation=2), ValueError),
         (orthogonal, nn.Conv2d(2, 4, (3, 1), stride=2), ValueError),
         (spectral_bjorck, nn.ConvTranspose2d(2, 2, 3, groups=2), ValueError),

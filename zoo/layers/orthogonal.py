@@ -85,19 +85,22 @@ def compose_kernels(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 class Orthonormal(nn.Module):
     """``W -> lip * orthonormalize(W viewed as (out, in * prod(kernel)))``: orthogonal dense layers and
-    RKO convolutions (kernel <= stride on every axis)."""
+    RKO convolutions (kernel <= stride on every axis). A grouped convolution is block-diagonal: each
+    group's block of rows is orthonormalised on its own."""
 
-    def __init__(self, *, lip: float = 1.0) -> None:
+    def __init__(self, *, groups: int = 1, lip: float = 1.0) -> None:
         super().__init__()
         if lip <= 0:
             raise ValueError(f"lip must be positive, got {lip}")
+        self.groups = groups
         self.lip = lip
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return (self.lip * orthonormalize(weight.flatten(1))).view_as(weight)
+        blocks = weight.flatten(1).chunk(self.groups, dim=0)
+        return (self.lip * torch.cat([orthonormalize(block) for block in blocks])).view_as(weight)
 
     def extra_repr(self) -> str:
-        return f"lip={self.lip}"
+        return f"groups={self.groups}, lip={self.lip}"
 
 
 class BlockOrthogonal(nn.Module):
@@ -105,15 +108,19 @@ class BlockOrthogonal(nn.Module):
 
     Trained tensors (the parametrization's originals):
         matrix: (out, m * prod(stride)), orthonormalised into the RKO kernel (out, m, *stride).
-        projectors: (blocks, m, rank), one per BCOP block; each is orthonormalised to ``U`` and
-            gives the projector ``P = U U^T``. There are ``kernel - stride`` blocks per axis.
+        projectors: (groups * blocks, m, rank), one per BCOP block; each is orthonormalised to ``U``
+            and gives the projector ``P = U U^T``. There are ``kernel - stride`` blocks per axis.
+
+    A grouped convolution is block-diagonal over its groups: each group (``in / groups`` to
+    ``out / groups`` channels) gets its own blocks and its own rows of ``matrix``.
 
     Args:
         in_channels, out_channels: the convolution's channels.
         kernel_size, stride: per spatial axis (1 or 2 axes).
+        groups: the convolution's groups.
         lip: the Lipschitz coefficient; the kernel is orthogonal times ``lip``.
 
-    Output: the (out, in, *kernel_size) kernel.
+    Output: the (out, in / groups, *kernel_size) kernel.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class BlockOrthogonal(nn.Module):
         kernel_size: Sequence[int],
         stride: Sequence[int],
         *,
+        groups: int = 1,
         lip: float = 1.0,
     ) -> None:
         super().__init__()
@@ -131,7 +139,9 @@ class BlockOrthogonal(nn.Module):
         if any(k < s for k, s in zip(kernel_size, stride, strict=True)):
             raise ValueError("BlockOrthogonal needs kernel_size >= stride on every axis")
         window = math.prod(stride)
+        in_channels, out_channels = in_channels // groups, out_channels // groups  # of one group
         expanding = out_channels >= in_channels * window
+        self.groups = groups
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = tuple(stride)
@@ -144,6 +154,11 @@ class BlockOrthogonal(nn.Module):
         self.lip = lip
 
     def forward(self, matrix: torch.Tensor, projectors: torch.Tensor) -> torch.Tensor:
+        groups = zip(matrix.chunk(self.groups), projectors.chunk(self.groups), strict=True)
+        return torch.cat([self._group_kernel(rows, group_projectors) for rows, group_projectors in groups])
+
+    def _group_kernel(self, matrix: torch.Tensor, projectors: torch.Tensor) -> torch.Tensor:
+        """The (out / groups, in / groups, *kernel) kernel of one group."""
         m = self.channels
         u = orthonormalize(projectors)
         eye = torch.eye(m, dtype=u.dtype, device=u.device)
@@ -160,12 +175,16 @@ class BlockOrthogonal(nn.Module):
         (drawn from torch's global generator). A block-orthogonal kernel cannot be recovered from an
         arbitrary kernel, so ``weight`` only gives the dtype and device."""
         options = {"dtype": weight.dtype, "device": weight.device}
-        matrix = torch.randn(self.out_channels, self.channels * math.prod(self.stride), **options)
-        projectors = torch.randn(len(self.block_axes), self.channels, self.rank, **options)
+        rows = self.groups * self.out_channels
+        matrix = torch.randn(rows, self.channels * math.prod(self.stride), **options)
+        projectors = torch.randn(self.groups * len(self.block_axes), self.channels, self.rank, **options)
         return matrix, projectors
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, rank={self.rank}, blocks={len(self.block_axes)}, lip={self.lip}"
+        return (
+            f"groups={self.groups}, channels={self.channels}, rank={self.rank}, "
+            f"blocks={len(self.block_axes)}, lip={self.lip}"
+        )
 
 
 def orthogonal(module: nn.Module, *, lip: float = 1.0) -> nn.Module:
@@ -173,16 +192,18 @@ def orthogonal(module: nn.Module, *, lip: float = 1.0) -> nn.Module:
 
     Dense layers and convolutions with kernel <= stride get :class:`Orthonormal` (RKO); convolutions
     with kernel >= stride get :class:`BlockOrthogonal` (kernel == stride takes the simpler RKO path).
-    Convolutions need groups=1, dilation=1 and zero or circular padding.
+    Convolutions need dilation=1 and zero or circular padding; each group of a grouped convolution is
+    made orthogonal on its own (the whole is then block-diagonal orthogonal).
     """
-    check_layer(module, "orthogonal", groups=False, dilation=False)
+    check_layer(module, "orthogonal", dilation=False)
+    groups = getattr(module, "groups", 1)
     if isinstance(module, nn.Linear) or all(
         k <= s for k, s in zip(module.kernel_size, module.stride, strict=True)
     ):
-        parametrization: nn.Module = Orthonormal(lip=lip)
+        parametrization: nn.Module = Orthonormal(groups=groups, lip=lip)
     elif all(k >= s for k, s in zip(module.kernel_size, module.stride, strict=True)):
         parametrization = BlockOrthogonal(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride, lip=lip
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, groups=groups, lip=lip
         )
     else:
         raise ValueError(
