@@ -16,6 +16,7 @@ from zoo.layers import (
     AOLConv2d,
     AOLLinear,
     BatchCentering,
+    BatchLipNorm,
     ConvexResidual,
     FrobeniusConv1d,
     FrobeniusConv2d,
@@ -256,6 +257,8 @@ CASES: dict[str, Case] = {
     ),
     # normalisation (eval mode: centering is a projection plus a translation)
     "layer_centering": Case(lambda: LayerCentering(3), lambda: LayerCentering(3), (3, 4, 4)),
+    # 1 / running scale, which stays near 1 for the unit-variance inputs of these checks
+    "batch_lip_norm": Case(lambda: BatchLipNorm(3), lambda: BatchLipNorm(3), (3, 4, 4), lip=1.2),
     "batch_centering": Case(lambda: BatchCentering(3), lambda: BatchCentering(3), (3, 4, 4), orthogonal=True),
 }
 

@@ -31,6 +31,7 @@ from zoo.fold import is_folded
 from zoo.layers import (
     Abs,
     BatchCentering,
+    BatchLipNorm,
     ConvexResidual,
     GlobalL2NormPool2d,
     GroupSort,
@@ -153,6 +154,11 @@ def _one(module: nn.Module, input_shape: tuple[int, ...]) -> float:
     return 1.0
 
 
+def _batch_lip_norm_bound(module: BatchLipNorm, input_shape: tuple[int, ...]) -> float:
+    """In eval mode a translation and a division by the stored scale: ``1 / scale``."""
+    return 1.0 / float(module.running_scale)
+
+
 def _prelu_bound(module: nn.PReLU, input_shape: tuple[int, ...]) -> float:
     """Each output is ``x`` or ``a x`` for a stored slope ``a``: ``max(1, max |a|)``."""
     return max(1.0, float(module.weight.detach().abs().max()))
@@ -204,6 +210,7 @@ LEAF_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple[int, ...]], float]]
     MaxMin: _one,
     nn.ReLU: _one,
     nn.PReLU: _prelu_bound,
+    BatchLipNorm: _batch_lip_norm_bound,
     nn.Flatten: _one,
     nn.Identity: _one,
     nn.ConvTranspose1d: _conv_transpose_bound,

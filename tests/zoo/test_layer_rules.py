@@ -16,6 +16,7 @@ from zoo.fold import fold, is_folded
 from zoo.layers import (
     AOLConv2d,
     BatchCentering,
+    BatchLipNorm,
     BatchReNorm2d,
     ConvexResidual,
     FullSort,
@@ -158,6 +159,21 @@ def test_adaptive_pool_rule_is_exact():
 
 
 # --- BatchReNorm2d and the centering layers --------------------------------------------------------
+
+
+def test_batch_lip_norm_divides_by_the_largest_channel_deviation_and_is_certified_by_it():
+    torch.manual_seed(8)
+    layer = BatchLipNorm(3, momentum=1.0)  # the running statistics become the last batch's
+    x = torch.randn(16, 3, 4, 4) * torch.tensor([0.5, 2.0, 1.0]).view(1, 3, 1, 1) + 3.0
+    y = layer(x)
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    deviation = (x.var(dim=(0, 2, 3), unbiased=False) + layer.eps).sqrt().max()
+    torch.testing.assert_close(y, (x - mean) / deviation)
+    layer.eval()
+    torch.testing.assert_close(layer(x), y)  # eval uses the running statistics, now the batch's
+    bound, _ = network_bound(layer, (3, 4, 4))
+    assert bound == pytest.approx(float(1 / deviation), rel=1e-6)
+    assert bound == pytest.approx(jacobian_norm(layer, (3, 4, 4), points=1), rel=1e-6)
 
 
 def test_batchrenorm_starts_as_batchnorm():

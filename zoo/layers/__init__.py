@@ -18,7 +18,13 @@ from zoo.layers.frobenius import (
     FrobeniusNormalize,
     frobenius,
 )
-from zoo.layers.normalization import BatchCentering, BatchReNorm2d, LayerCentering, fold_batchrenorm
+from zoo.layers.normalization import (
+    BatchCentering,
+    BatchLipNorm,
+    BatchReNorm2d,
+    LayerCentering,
+    fold_batchrenorm,
+)
 from zoo.layers.orthogonal import (
     BlockOrthogonal,
     OrthogonalConv1d,
@@ -70,6 +76,7 @@ __all__ = [
     "AOLRescale",
     "Abs",
     "BatchCentering",
+    "BatchLipNorm",
     "BatchReNorm2d",
     "BlockOrthogonal",
     "ConvexResidual",

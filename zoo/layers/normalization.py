@@ -1,9 +1,10 @@
 """Normalisation layers for Lipschitz networks.
 
 Centering (subtracting a mean) is an orthogonal projection plus a translation, so LayerCentering and
-BatchCentering are 1-Lipschitz in both modes, with no scaling to undo the constraint. BatchReNorm2d
-also divides by a standard deviation: in eval mode it is a per-channel affine map whose Lipschitz
-factor ``max |gamma| / sqrt(running_var + eps)`` the certificate computes from the folded weights.
+BatchCentering are 1-Lipschitz in both modes, with no scaling to undo the constraint. BatchLipNorm
+divides the centred input by one standard deviation shared by all channels, and BatchReNorm2d by
+per-channel ones: in eval mode they are affine maps whose Lipschitz factors (``1 / scale`` and
+``max |gamma| / sqrt(running_var + eps)``) the certificate computes from the buffers and weights.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BatchCentering", "BatchReNorm2d", "LayerCentering", "fold_batchrenorm"]
+__all__ = ["BatchCentering", "BatchLipNorm", "BatchReNorm2d", "LayerCentering", "fold_batchrenorm"]
 
 
 def _channel_view(vector: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -59,14 +60,58 @@ class BatchCentering(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            mean = x.mean(dim=[d for d in range(x.dim()) if d != 1])
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, self.momentum)
-        else:
-            mean = self.running_mean
-        y = x - _channel_view(mean, x)
+        y = x - _channel_view(self._mean(x), x)
         return y if self.bias is None else y + _channel_view(self.bias, y)
+
+    def _mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(C,) batch mean while training (folded into the running mean), the running mean in eval."""
+        if not self.training:
+            return self.running_mean
+        mean = x.mean(dim=_non_channel_dims(x))
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+        return mean
+
+
+def _non_channel_dims(x: torch.Tensor) -> list[int]:
+    return [d for d in range(x.dim()) if d != 1]
+
+
+class BatchLipNorm(BatchCentering):
+    """``y = (x - mean) / scale + beta`` with one ``scale = max_c sqrt(var_c + eps)`` for all channels
+    (deel-torchlip's BatchLipNorm): batch statistics while training, running ones (buffers, updated
+    with ``momentum``) in eval mode, where the layer is ``1 / scale``-Lipschitz. Dividing every
+    channel by the largest deviation keeps their relative scales, unlike batch norm.
+
+    Args:
+        num_features: C.
+        eps: added to the variances.
+        momentum: weight of the new batch statistics in the running ones.
+        bias: learn the per-channel ``beta`` (otherwise 0).
+
+    Shape: (N, C, *) -> (N, C, *).
+    """
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, bias: bool = True
+    ) -> None:
+        super().__init__(num_features, momentum=momentum, bias=bias)
+        self.eps = eps
+        self.register_buffer("running_scale", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (x - _channel_view(self._mean(x), x)) / self._scale(x)
+        return y if self.bias is None else y + _channel_view(self.bias, y)
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared deviation: of the batch while training (folded into the running one), the
+        running one in eval."""
+        if not self.training:
+            return self.running_scale
+        scale = (x.var(dim=_non_channel_dims(x), unbiased=False) + self.eps).sqrt().max()
+        with torch.no_grad():
+            self.running_scale.lerp_(scale, self.momentum)
+        return scale
 
 
 class BatchReNorm2d(nn.Module):
