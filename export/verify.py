@@ -16,6 +16,11 @@ multiplications, and is far below what tampering with a weight changes. A file w
 is reported with its bound and ``embedded = None``: nothing is claimed, so nothing is violated.
 A malformed certificate, an unreadable file or an unsupported op is an error
 (:class:`~export.propagation.VerificationError`), never a report.
+
+Trust: an ONNX file is only parsed (protobuf) and its nodes evaluated by ``onnx.reference`` on
+constants. A TorchScript or .pt2 file is *run* (by the TorchScript interpreter, or as the exported
+aten graph), which executes no Python code from the file but does execute its program: for files of
+unknown origin prefer the ONNX form.
 """
 
 from __future__ import annotations
