@@ -25,6 +25,7 @@ __all__ = [
     "CertifiedCheckpoint",
     "CheckpointError",
     "atomic_write_bytes",
+    "parse_checkpoint",
     "read_checkpoint",
     "write_checkpoint",
 ]
@@ -93,20 +94,24 @@ def read_checkpoint(path: str | os.PathLike) -> CertifiedCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    data = path.read_bytes()
+    return parse_checkpoint(path.read_bytes(), str(path))
+
+
+def parse_checkpoint(data: bytes, source: str) -> CertifiedCheckpoint:
+    """A certified checkpoint from the bytes of its file (named ``source`` in errors)."""
     try:
         state_dict = safetensors_load(data)
         header_size = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_size])
     except (SafetensorError, ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+        raise CheckpointError(f"{source}: not a readable safetensors file ({error})") from error
     metadata = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if metadata is None:
-        raise CheckpointError(f"{path}: no '{METADATA_KEY}' metadata: not a certified zoo checkpoint")
+        raise CheckpointError(f"{source}: no '{METADATA_KEY}' metadata: not a certified zoo checkpoint")
     try:
         document = json.loads(metadata)
         architecture = dict(document["architecture"])
         certificate = Certificate.from_dict(document["certificate"])
     except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path}: malformed '{METADATA_KEY}' metadata ({error})") from error
+        raise CheckpointError(f"{source}: malformed '{METADATA_KEY}' metadata ({error})") from error
     return CertifiedCheckpoint(state_dict, architecture, certificate)

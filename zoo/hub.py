@@ -13,7 +13,7 @@ from torch import nn
 
 from zoo.certificate import Certificate
 from zoo.certify import certify
-from zoo.checkpoint import CheckpointError, atomic_write_bytes, read_checkpoint
+from zoo.checkpoint import CheckpointError, atomic_write_bytes, parse_checkpoint
 from zoo.models import build
 from zoo.registry import get_entry
 
@@ -79,10 +79,6 @@ def cache_dir() -> Path:
     return torch_home / "hub" / "checkpoints"
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _download(url: str, target: Path, name: str) -> None:
     if os.environ.get("ZOO_OFFLINE") == "1":
         raise CheckpointError(
@@ -98,13 +94,14 @@ def _download(url: str, target: Path, name: str) -> None:
     atomic_write_bytes(target, data)
 
 
-def _resolve(source: str | os.PathLike) -> Path:
-    """A path to an existing checkpoint, or the checkpoint of a registry entry: the shipped file, else
-    the cache, else a download from its url. The file's sha256 is checked against models.yaml on
-    every load, wherever it comes from."""
+def _resolve(source: str | os.PathLike) -> tuple[Path, bytes]:
+    """The path and bytes of an existing checkpoint, or of the checkpoint of a registry entry: the
+    shipped file, else the cache, else a download from its url. A registry entry's file is read once
+    and those bytes are checked against the sha256 of models.yaml on every load, wherever they come
+    from."""
     path = Path(source)
     if path.is_file():
-        return path
+        return path, path.read_bytes()
     if path.suffix == ".safetensors" or os.sep in str(source):
         raise CheckpointError(f"{source}: no such checkpoint file")
     entry = get_entry(str(source))
@@ -119,11 +116,12 @@ def _resolve(source: str | os.PathLike) -> Path:
             _download(entry.url, path, entry.name)
     else:
         raise CheckpointError(f"{entry.name}: checkpoint file {shipped} is missing")
-    if _file_sha256(path) != entry.sha256:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
         raise CheckpointError(
             f"{entry.name}: {path} does not have the sha256 recorded in models.yaml: corrupted or modified"
         )
-    return path
+    return path, data
 
 
 def load(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> CertifiedModel:
@@ -132,8 +130,8 @@ def load(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> Ce
     The weights are loaded into the plain architecture (no unpickling), then the certificate is
     recomputed from them and compared with the embedded one; any mismatch refuses the file.
     """
-    path = _resolve(source)
-    checkpoint = read_checkpoint(path)
+    path, data = _resolve(source)
+    checkpoint = parse_checkpoint(data, str(path))
     arch = checkpoint.architecture
     try:
         model = build(
