@@ -31,16 +31,14 @@ TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 SUPPORTED_PADDING_MODES = ("zeros", "circular")
 
 
-def check_layer(
-    module: nn.Module, family: str, *, groups: bool = True, dilation: bool = True, transposed: bool = False
-) -> None:
+def check_layer(module: nn.Module, family: str, *, dilation: bool = True, transposed: bool = False) -> None:
     """Raise unless ``module`` is a layer the parametrization ``family`` is sound for.
 
     Raises:
         TypeError: not an ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` (or, when the family takes
             ``transposed`` convolutions, an ``nn.ConvTranspose1d`` / ``2d``).
-        ValueError: a padding mode other than zeros / circular, or groups / dilation the family does
-            not support.
+        ValueError: a padding mode other than zeros / circular, a dilation the family does not
+            support, or a grouped transposed convolution.
     """
     accepted = LAYER_TYPES + (TRANSPOSED_TYPES if transposed else ())
     if not isinstance(module, accepted):
@@ -50,8 +48,8 @@ def check_layer(
         return
     if module.padding_mode not in SUPPORTED_PADDING_MODES:
         raise ValueError(f"{family} supports padding_mode 'zeros' or 'circular', got {module.padding_mode!r}")
-    if not groups and module.groups != 1:
-        raise ValueError(f"{family} supports groups=1 convolutions only")
+    if isinstance(module, TRANSPOSED_TYPES) and module.groups != 1:
+        raise ValueError(f"{family} supports groups=1 transposed convolutions only")
     if not dilation and any(d != 1 for d in module.dilation):
         raise ValueError(f"{family} supports dilation=1 convolutions only")
 

@@ -198,9 +198,6 @@ def spectral_bjorck(
     norm bounds its own.
     """
     check_layer(module, "spectral_bjorck", transposed=True)
-    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-    if transposed and module.groups != 1:
-        raise ValueError("spectral_bjorck supports groups=1 transposed convolutions only")
     scale = 1.0
     if not isinstance(module, nn.Linear):
         scale = 1.0 / math.sqrt(conv_overlap_factor(module.kernel_size, module.stride, module.dilation))
