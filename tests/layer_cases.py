@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,10 +73,17 @@ def _sll_plain(inner: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     return lambda: sll_residual(inner())
 
 
+def same_arguments(
+    constrained: Callable[..., nn.Module], plain: Callable[..., nn.Module], *args: Any, **kwargs: Any
+) -> tuple[Callable[[], nn.Module], Callable[[], nn.Module]]:
+    """(make, plain) for a layer whose plain module takes the same arguments as its constructor."""
+    return lambda: constrained(*args, **kwargs), lambda: plain(*args, **kwargs)
+
+
 CIRCULAR = {"padding_mode": "circular"}
 CASES: dict[str, Case] = {
     # dense layers
-    "spectral_linear": Case(lambda: SpectralLinear(12, 7), lambda: nn.Linear(12, 7), (12,), orthogonal=True),
+    "spectral_linear": Case(*same_arguments(SpectralLinear, nn.Linear, 12, 7), (12,), orthogonal=True),
     "spectral_linear_lip2": Case(
         lambda: SpectralLinear(9, 9, lip=2.0, options={"bjorck_tol": 1e-7}),
         lambda: nn.Linear(9, 9),
@@ -83,96 +91,75 @@ CASES: dict[str, Case] = {
         lip=2.0,
         orthogonal=True,
     ),
-    "frobenius_linear": Case(
-        lambda: FrobeniusLinear(12, 1), lambda: nn.Linear(12, 1), (12,), orthogonal=True
-    ),
-    "aol_linear": Case(lambda: AOLLinear(10, 14), lambda: nn.Linear(10, 14), (10,)),
+    "frobenius_linear": Case(*same_arguments(FrobeniusLinear, nn.Linear, 12, 1), (12,), orthogonal=True),
+    "aol_linear": Case(*same_arguments(AOLLinear, nn.Linear, 10, 14), (10,)),
     "aol_linear_lip05": Case(lambda: AOLLinear(10, 6, lip=0.5), lambda: nn.Linear(10, 6), (10,), lip=0.5),
-    "orthogonal_linear": Case(
-        lambda: OrthogonalLinear(6, 11), lambda: nn.Linear(6, 11), (6,), orthogonal=True
-    ),
+    "orthogonal_linear": Case(*same_arguments(OrthogonalLinear, nn.Linear, 6, 11), (6,), orthogonal=True),
     "orthogonal_linear_wide": Case(
         lambda: OrthogonalLinear(11, 6, lip=0.5), lambda: nn.Linear(11, 6), (11,), lip=0.5, orthogonal=True
     ),
     # 2-D convolutions
-    "spectral_conv2d": Case(
-        lambda: SpectralConv2d(3, 6, 3, padding=1), lambda: nn.Conv2d(3, 6, 3, padding=1), (3, 6, 6)
-    ),
+    "spectral_conv2d": Case(*same_arguments(SpectralConv2d, nn.Conv2d, 3, 6, 3, padding=1), (3, 6, 6)),
     "spectral_conv2d_stride2": Case(
-        lambda: SpectralConv2d(4, 8, 3, stride=2, padding=1),
-        lambda: nn.Conv2d(4, 8, 3, stride=2, padding=1),
+        *same_arguments(SpectralConv2d, nn.Conv2d, 4, 8, 3, stride=2, padding=1),
         (4, 6, 6),
     ),
     "spectral_conv2d_groups": Case(
-        lambda: SpectralConv2d(4, 6, 3, padding=1, groups=2),
-        lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        *same_arguments(SpectralConv2d, nn.Conv2d, 4, 6, 3, padding=1, groups=2),
         (4, 6, 6),
     ),
     "spectral_conv2d_depthwise_stride2": Case(
-        lambda: SpectralConv2d(4, 4, 3, stride=2, padding=1, groups=4),
-        lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4),
+        *same_arguments(SpectralConv2d, nn.Conv2d, 4, 4, 3, stride=2, padding=1, groups=4),
         (4, 6, 6),
     ),
     "frobenius_conv2d": Case(
-        lambda: FrobeniusConv2d(4, 4, 3, stride=2, padding=1, groups=2),
-        lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2),
+        *same_arguments(FrobeniusConv2d, nn.Conv2d, 4, 4, 3, stride=2, padding=1, groups=2),
         (4, 6, 6),
     ),
-    "aol_conv2d": Case(
-        lambda: AOLConv2d(4, 6, 3, padding=1), lambda: nn.Conv2d(4, 6, 3, padding=1), (4, 6, 6)
-    ),
+    "aol_conv2d": Case(*same_arguments(AOLConv2d, nn.Conv2d, 4, 6, 3, padding=1), (4, 6, 6)),
     "aol_conv2d_groups_dilation": Case(
-        lambda: AOLConv2d(4, 6, 3, padding=2, dilation=2, groups=2),
-        lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2),
+        *same_arguments(AOLConv2d, nn.Conv2d, 4, 6, 3, padding=2, dilation=2, groups=2),
         (4, 6, 6),
     ),
     "aol_conv2d_stride2_circular": Case(
-        lambda: AOLConv2d(3, 5, 3, stride=2, padding=1, **CIRCULAR),
-        lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1, **CIRCULAR),
+        *same_arguments(AOLConv2d, nn.Conv2d, 3, 5, 3, stride=2, padding=1, **CIRCULAR),
         (3, 6, 6),
     ),
     "orthogonal_conv2d_circular": Case(
-        lambda: OrthogonalConv2d(4, 4, 3, padding=1, **CIRCULAR),
-        lambda: nn.Conv2d(4, 4, 3, padding=1, **CIRCULAR),
+        *same_arguments(OrthogonalConv2d, nn.Conv2d, 4, 4, 3, padding=1, **CIRCULAR),
         (4, 6, 6),
         orthogonal=True,
     ),
     "orthogonal_conv2d_expanding": Case(
-        lambda: OrthogonalConv2d(2, 6, 5, padding=2, **CIRCULAR),
-        lambda: nn.Conv2d(2, 6, 5, padding=2, **CIRCULAR),
+        *same_arguments(OrthogonalConv2d, nn.Conv2d, 2, 6, 5, padding=2, **CIRCULAR),
         (2, 6, 6),
         orthogonal=True,
     ),
     "orthogonal_conv2d_zeros": Case(
-        lambda: OrthogonalConv2d(4, 4, 3, padding=1), lambda: nn.Conv2d(4, 4, 3, padding=1), (4, 6, 6)
+        *same_arguments(OrthogonalConv2d, nn.Conv2d, 4, 4, 3, padding=1), (4, 6, 6)
     ),
     "orthogonal_conv2d_stride2": Case(
-        lambda: OrthogonalConv2d(4, 8, 3, stride=2, padding=1, **CIRCULAR),
-        lambda: nn.Conv2d(4, 8, 3, stride=2, padding=1, **CIRCULAR),
+        *same_arguments(OrthogonalConv2d, nn.Conv2d, 4, 8, 3, stride=2, padding=1, **CIRCULAR),
         (4, 6, 6),
         orthogonal=True,
     ),
     "orthogonal_conv2d_stride2_expanding": Case(
-        lambda: OrthogonalConv2d(2, 12, 4, stride=2, padding=1, **CIRCULAR),
-        lambda: nn.Conv2d(2, 12, 4, stride=2, padding=1, **CIRCULAR),
+        *same_arguments(OrthogonalConv2d, nn.Conv2d, 2, 12, 4, stride=2, padding=1, **CIRCULAR),
         (2, 6, 6),
         orthogonal=True,
     ),
     "orthogonal_conv2d_groups_circular": Case(
-        lambda: OrthogonalConv2d(4, 4, 3, padding=1, groups=2, **CIRCULAR),
-        lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2, **CIRCULAR),
+        *same_arguments(OrthogonalConv2d, nn.Conv2d, 4, 4, 3, padding=1, groups=2, **CIRCULAR),
         (4, 6, 6),
         orthogonal=True,
     ),
     "orthogonal_conv2d_groups_stride2_expanding": Case(
-        lambda: OrthogonalConv2d(2, 12, 4, stride=2, padding=1, groups=2, **CIRCULAR),
-        lambda: nn.Conv2d(2, 12, 4, stride=2, padding=1, groups=2, **CIRCULAR),
+        *same_arguments(OrthogonalConv2d, nn.Conv2d, 2, 12, 4, stride=2, padding=1, groups=2, **CIRCULAR),
         (2, 6, 6),
         orthogonal=True,
     ),
     "orthogonal_conv2d_rko_groups": Case(
-        lambda: OrthogonalConv2d(4, 8, 2, stride=2, groups=2),
-        lambda: nn.Conv2d(4, 8, 2, stride=2, groups=2),
+        *same_arguments(OrthogonalConv2d, nn.Conv2d, 4, 8, 2, stride=2, groups=2),
         (4, 6, 6),
         orthogonal=True,
     ),
@@ -184,32 +171,26 @@ CASES: dict[str, Case] = {
         orthogonal=True,
     ),
     "spectral_conv_transpose2d_stride2": Case(
-        lambda: SpectralConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
-        lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
+        *same_arguments(
+            SpectralConvTranspose2d, nn.ConvTranspose2d, 4, 6, 3, stride=2, padding=1, output_padding=1
+        ),
         (4, 4, 4),
     ),
     # 1-D convolutions
     "spectral_conv_transpose1d": Case(
-        lambda: SpectralConvTranspose1d(3, 5, 4, stride=2, padding=1),
-        lambda: nn.ConvTranspose1d(3, 5, 4, stride=2, padding=1),
+        *same_arguments(SpectralConvTranspose1d, nn.ConvTranspose1d, 3, 5, 4, stride=2, padding=1),
         (3, 6),
     ),
-    "spectral_conv1d": Case(
-        lambda: SpectralConv1d(3, 5, 3, padding=1), lambda: nn.Conv1d(3, 5, 3, padding=1), (3, 10)
-    ),
-    "frobenius_conv1d": Case(
-        lambda: FrobeniusConv1d(3, 5, 3, padding=1), lambda: nn.Conv1d(3, 5, 3, padding=1), (3, 10)
-    ),
-    "aol_conv1d": Case(lambda: AOLConv1d(4, 4, 5, padding=2), lambda: nn.Conv1d(4, 4, 5, padding=2), (4, 10)),
+    "spectral_conv1d": Case(*same_arguments(SpectralConv1d, nn.Conv1d, 3, 5, 3, padding=1), (3, 10)),
+    "frobenius_conv1d": Case(*same_arguments(FrobeniusConv1d, nn.Conv1d, 3, 5, 3, padding=1), (3, 10)),
+    "aol_conv1d": Case(*same_arguments(AOLConv1d, nn.Conv1d, 4, 4, 5, padding=2), (4, 10)),
     "orthogonal_conv1d": Case(
-        lambda: OrthogonalConv1d(4, 4, 3, padding=1, **CIRCULAR),
-        lambda: nn.Conv1d(4, 4, 3, padding=1, **CIRCULAR),
+        *same_arguments(OrthogonalConv1d, nn.Conv1d, 4, 4, 3, padding=1, **CIRCULAR),
         (4, 10),
         orthogonal=True,
     ),
     "orthogonal_conv1d_stride2": Case(
-        lambda: OrthogonalConv1d(3, 5, 4, stride=2, padding=1, **CIRCULAR),
-        lambda: nn.Conv1d(3, 5, 4, stride=2, padding=1, **CIRCULAR),
+        *same_arguments(OrthogonalConv1d, nn.Conv1d, 3, 5, 4, stride=2, padding=1, **CIRCULAR),
         (3, 10),
         orthogonal=True,
     ),
@@ -224,42 +205,40 @@ CASES: dict[str, Case] = {
     ),
     # activations
     "groupsort2": Case(GroupSort2, GroupSort2, (6, 3)),
-    "groupsort4": Case(lambda: GroupSort(4), lambda: GroupSort(4), (8, 3)),
+    "groupsort4": Case(*same_arguments(GroupSort, GroupSort, 4), (8, 3)),
     "fullsort": Case(FullSort, FullSort, (5, 3)),
     "maxmin": Case(MaxMin, MaxMin, (6, 3)),
     "abs": Case(Abs, Abs, (4, 3)),
     "lprelu": Case(lambda: LPReLU(4, init=0.5), lambda: nn.PReLU(4), (4, 3)),
-    "householder": Case(lambda: HouseHolder(6), lambda: HouseHolder(6), (6, 3)),
+    "householder": Case(*same_arguments(HouseHolder, HouseHolder, 6), (6, 3)),
     # pooling and resampling; overlapping windows have the larger norm their docstrings state
-    "scaled_avg_pool": Case(lambda: ScaledAvgPool2d(2), lambda: ScaledAvgPool2d(2), (2, 6, 6)),
+    "scaled_avg_pool": Case(*same_arguments(ScaledAvgPool2d, ScaledAvgPool2d, 2), (2, 6, 6)),
     "scaled_adaptive_avg_pool": Case(
-        lambda: ScaledAdaptiveAvgPool2d(3), lambda: ScaledAdaptiveAvgPool2d(3), (2, 6, 6), orthogonal=True
+        *same_arguments(ScaledAdaptiveAvgPool2d, ScaledAdaptiveAvgPool2d, 3), (2, 6, 6), orthogonal=True
     ),
     "scaled_adaptive_avg_pool_overlapping": Case(
-        lambda: ScaledAdaptiveAvgPool2d((3, 2)),
-        lambda: ScaledAdaptiveAvgPool2d((3, 2)),
+        *same_arguments(ScaledAdaptiveAvgPool2d, ScaledAdaptiveAvgPool2d, (3, 2)),
         (2, 7, 5),
         lip=1.128,  # adaptive windows overlap: the norm of this geometry is 1.1276
     ),
-    "scaled_l2_pool": Case(lambda: ScaledL2NormPool2d(2), lambda: ScaledL2NormPool2d(2), (2, 6, 6)),
+    "scaled_l2_pool": Case(*same_arguments(ScaledL2NormPool2d, ScaledL2NormPool2d, 2), (2, 6, 6)),
     "scaled_l2_pool_overlapping": Case(
-        lambda: ScaledL2NormPool2d(3, stride=2, padding=1),
-        lambda: ScaledL2NormPool2d(3, stride=2, padding=1),
+        *same_arguments(ScaledL2NormPool2d, ScaledL2NormPool2d, 3, stride=2, padding=1),
         (2, 6, 6),
         lip=2.0,  # every pixel is in at most 2 x 2 windows
     ),
     "global_l2_pool": Case(GlobalL2NormPool2d, GlobalL2NormPool2d, (3, 4, 4)),
     "invertible_down": Case(
-        lambda: InvertibleDownSampling(2), lambda: InvertibleDownSampling(2), (2, 4, 6), orthogonal=True
+        *same_arguments(InvertibleDownSampling, InvertibleDownSampling, 2), (2, 4, 6), orthogonal=True
     ),
     "invertible_up": Case(
-        lambda: InvertibleUpSampling(2), lambda: InvertibleUpSampling(2), (8, 2, 3), orthogonal=True
+        *same_arguments(InvertibleUpSampling, InvertibleUpSampling, 2), (8, 2, 3), orthogonal=True
     ),
     # normalisation (eval mode: centering is a projection plus a translation)
-    "layer_centering": Case(lambda: LayerCentering(3), lambda: LayerCentering(3), (3, 4, 4)),
+    "layer_centering": Case(*same_arguments(LayerCentering, LayerCentering, 3), (3, 4, 4)),
     # 1 / running scale, which stays near 1 for the unit-variance inputs of these checks
-    "batch_lip_norm": Case(lambda: BatchLipNorm(3), lambda: BatchLipNorm(3), (3, 4, 4), lip=1.2),
-    "batch_centering": Case(lambda: BatchCentering(3), lambda: BatchCentering(3), (3, 4, 4), orthogonal=True),
+    "batch_lip_norm": Case(*same_arguments(BatchLipNorm, BatchLipNorm, 3), (3, 4, 4), lip=1.2),
+    "batch_centering": Case(*same_arguments(BatchCentering, BatchCentering, 3), (3, 4, 4), orthogonal=True),
 }
 
 
