@@ -24,20 +24,20 @@ from zoo.certify import certify, network_bound
 from zoo.fold import fold
 from zoo.hub import CertifiedModel
 from zoo.layers import HouseHolder
-from zoo.models import build
+from zoo.models import ARCHITECTURES, build
 
 SHAPE = (1, 8, 8)
 CASES = [(name, "default", options) for name, options in SMALL.items()] + VARIANTS
 TORCHSCRIPT_IS_DEPRECATED = pytest.mark.filterwarnings(r"ignore:`torch\.jit.*deprecated:FutureWarning")
 
 
-def _certified(name: str, options: dict) -> CertifiedModel:
+def _certified(name: str, options: dict, shape: tuple[int, ...] = SHAPE) -> CertifiedModel:
     """A trained-mode model with random weights, folded into its plain architecture and certified."""
     torch.manual_seed(0)
-    folded = fold(build(name, input_shape=SHAPE, num_classes=10, **options)).eval()
-    plain = build(name, input_shape=SHAPE, num_classes=10, parametrized=False, **options).eval()
+    folded = fold(build(name, input_shape=shape, num_classes=10, **options)).eval()
+    plain = build(name, input_shape=shape, num_classes=10, parametrized=False, **options).eval()
     plain.load_state_dict(folded.state_dict())
-    return CertifiedModel(plain, certify(plain, SHAPE), {"name": name, **options})
+    return CertifiedModel(plain, certify(plain, shape), {"name": name, **options})
 
 
 @TORCHSCRIPT_IS_DEPRECATED
@@ -56,6 +56,20 @@ def test_every_architecture_exports_to_every_format_and_verifies(name, variant, 
         assert check.max_abs_diff <= 1e-5
     if name == "lipresnet" and variant == "default":
         assert expected <= 1 + 1e-4  # SLL blocks bounded as blocks (the triangle inequality gives ~3 each)
+
+
+@pytest.mark.slow
+@TORCHSCRIPT_IS_DEPRECATED
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_cifar_sized_default_architectures_export_and_verify(name, tmp_path):
+    """The default widths on 3x32x32 inputs (the CIFAR-10 recipes), where the conv bounds take the
+    FFT path instead of exact dense norms."""
+    certified = _certified(name, {}, (3, 32, 32))
+    for check in export_model(certified, tmp_path, onnx=True, torchscript=True):
+        report = verify_artifact(check.path)
+        assert report.ok, report.problems
+        expected = certified.certificate.lipschitz_bound
+        assert abs(report.lipschitz_bound - expected) <= 1e-9 * expected, check.format
 
 
 # Adaptive windows that overlap (output size not dividing the input size): ONNX spells the pool with
