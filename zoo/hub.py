@@ -24,6 +24,7 @@ __all__ = [
     "cache_dir",
     "check_certificate",
     "load",
+    "load_bytes",
 ]
 
 # Bounds recomputed by the same engine agree to the last bits; this only absorbs summation order.
@@ -131,7 +132,12 @@ def load(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> Ce
     recomputed from them and compared with the embedded one; any mismatch refuses the file.
     """
     path, data = _resolve(source)
-    checkpoint = parse_checkpoint(data, str(path))
+    return load_bytes(data, str(path), device=device)
+
+
+def load_bytes(data: bytes, source: str, *, device: str | torch.device = "cpu") -> CertifiedModel:
+    """:func:`load` for the bytes of a checkpoint already read; ``source`` names them in errors."""
+    checkpoint = parse_checkpoint(data, source)
     arch = checkpoint.architecture
     try:
         model = build(
@@ -143,6 +149,6 @@ def load(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> Ce
         )
         model.load_state_dict(checkpoint.state_dict, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({error})") from error
-    certificate = check_certificate(model, checkpoint.certificate, str(path))
+        raise CheckpointError(f"{source}: weights do not fit the recorded architecture ({error})") from error
+    certificate = check_certificate(model, checkpoint.certificate, source)
     return CertifiedModel(model.to(device).eval(), certificate, arch)

@@ -29,7 +29,7 @@ from export.verify import (
     verify_artifact,
     verify_onnx,
 )
-from export.writers import CERTIFICATE_KEY, write_onnx, write_torchscript
+from export.writers import CERTIFICATE_KEY, write_onnx, write_pt2, write_torchscript
 from zoo.certify import certify
 from zoo.cli import app
 from zoo.hub import CertifiedModel
@@ -114,7 +114,6 @@ def test_maxmin_variant_verifies_with_the_pytorch_side_bound(tmp_path):
 TORCHSCRIPT_IS_DEPRECATED = pytest.mark.filterwarnings(r"ignore:`torch\.jit.*deprecated:FutureWarning")
 
 
-@TORCHSCRIPT_IS_DEPRECATED
 def test_a_scaled_initializer_raises_the_bound_and_is_caught(tiny_artifact, tmp_path):
     path, certified = tiny_artifact
 
@@ -127,16 +126,6 @@ def test_a_scaled_initializer_raises_the_bound_and_is_caught(tiny_artifact, tmp_
     assert report.lipschitz_bound == pytest.approx(2 * certified.certificate.lipschitz_bound, rel=1e-6)
     assert "above" in report.problems[0]
 
-    written = write_torchscript(certified.model, certified.certificate, tmp_path / "model.ts.pt")
-    extra = {CERTIFICATE_KEY: ""}
-    module = torch.jit.load(written, _extra_files=extra)
-    with torch.no_grad():
-        dict(module.named_parameters())["2.weight"].mul_(2)
-    torch.jit.save(module, tmp_path / "scaled.ts.pt", _extra_files=extra)
-    report = verify_artifact(tmp_path / "scaled.ts.pt")
-    assert not report.ok
-    assert report.lipschitz_bound == pytest.approx(2 * certified.certificate.lipschitz_bound, rel=1e-6)
-
 
 def test_a_lowered_certificate_is_caught(tiny_artifact, tmp_path):
     path, certified = tiny_artifact
@@ -148,7 +137,7 @@ def test_a_lowered_certificate_is_caught(tiny_artifact, tmp_path):
 
 
 def test_truncated_files_and_malformed_certificates_are_clear_errors(tiny_artifact, tmp_path):
-    path, certified = tiny_artifact
+    path, _ = tiny_artifact
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(path.read_bytes()[:-200])
     with pytest.raises(VerificationError, match="not a readable ONNX file"):
@@ -158,10 +147,57 @@ def test_truncated_files_and_malformed_certificates_are_clear_errors(tiny_artifa
         verify_onnx(malformed)
     with pytest.raises(VerificationError, match="no such file"):
         verify_onnx(tmp_path / "missing.onnx")
-    torchscript = write_torchscript(certified.model, certified.certificate, tmp_path / "model.ts.pt")
-    truncated = tmp_path / "truncated.ts.pt"
-    truncated.write_bytes(torchscript.read_bytes()[:-200])
-    with pytest.raises(VerificationError, match="not a readable TorchScript file"):
+
+
+def _rewritten_torchscript(path: Path, out: Path, weight_scale: float, certificate: str | None) -> Path:
+    """A copy of a TorchScript file with weight ``2.weight`` scaled and, if given, another certificate."""
+    extra = {CERTIFICATE_KEY: ""}
+    module = torch.jit.load(path, _extra_files=extra)
+    with torch.no_grad():
+        dict(module.named_parameters())["2.weight"].mul_(weight_scale)
+    torch.jit.save(module, out, _extra_files={CERTIFICATE_KEY: certificate or extra[CERTIFICATE_KEY]})
+    return out
+
+
+def _rewritten_pt2(path: Path, out: Path, weight_scale: float, certificate: str | None) -> Path:
+    """A copy of a .pt2 file with weight ``2.weight`` scaled and, if given, another certificate."""
+    extra = {CERTIFICATE_KEY: ""}
+    program = torch.export.load(path, extra_files=extra)
+    with torch.no_grad():
+        program.state_dict["2.weight"].mul_(weight_scale)
+    torch.export.save(program, out, extra_files={CERTIFICATE_KEY: certificate or extra[CERTIFICATE_KEY]})
+    return out
+
+
+PROGRAM_FORMATS = {
+    "torchscript": (write_torchscript, _rewritten_torchscript, "model.ts.pt", "TorchScript"),
+    "pt2": (write_pt2, _rewritten_pt2, "model.pt2", "torch.export"),
+}
+
+
+@TORCHSCRIPT_IS_DEPRECATED
+@pytest.mark.parametrize("format_name", PROGRAM_FORMATS)
+def test_tampered_torchscript_and_pt2_files_are_refused(tiny_artifact, tmp_path, format_name):
+    _, certified = tiny_artifact
+    write, rewritten, name, label = PROGRAM_FORMATS[format_name]
+    written = write(certified.model, certified.certificate, tmp_path / name)
+    bound = certified.certificate.lipschitz_bound
+    # the rewrite itself keeps a file valid: unchanged weights and certificate still verify
+    assert verify_artifact(rewritten(written, tmp_path / f"copy-{name}", 1.0, None)).ok
+
+    scaled = verify_artifact(rewritten(written, tmp_path / f"scaled-{name}", 2.0, None))
+    assert not scaled.ok and "above" in scaled.problems[0]
+    assert scaled.lipschitz_bound == pytest.approx(2 * bound, rel=1e-6)
+
+    data = certified.certificate.to_dict()
+    data["lipschitz_bound"] /= 2
+    lowered = verify_artifact(rewritten(written, tmp_path / f"lowered-{name}", 1.0, json.dumps(data)))
+    assert not lowered.ok and lowered.embedded.lipschitz_bound == data["lipschitz_bound"]
+    assert lowered.lipschitz_bound == pytest.approx(bound, rel=1e-9)
+
+    truncated = tmp_path / f"truncated-{name}"
+    truncated.write_bytes(written.read_bytes()[:-200])
+    with pytest.raises(VerificationError, match=f"not a readable {label} file"):
         verify_artifact(truncated)
 
 

@@ -30,6 +30,8 @@ def check_architecture(name: str, shape: tuple[int, ...], options: dict) -> None
     folded = fold(model)
     plain = build(name, input_shape=shape, num_classes=10, parametrized=False, **options).eval()
     plain.load_state_dict(folded.state_dict(), strict=True)
+    # the folded model is the plain network, module for module (so it costs what the plain one costs)
+    assert [type(m) for m in folded.modules()] == [type(m) for m in plain.modules()]
     with torch.no_grad():
         torch.testing.assert_close(plain(x), expected, atol=1e-5, rtol=0)
     bound, _ = network_bound(plain, shape)
