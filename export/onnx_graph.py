@@ -37,6 +37,10 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from export.propagation import (
+    ERF_LIPSCHITZ,
+    GELU_LIPSCHITZ,
+    HARDSWISH_LIPSCHITZ,
+    MISH_LIPSCHITZ,
     GraphBound,
     Signal,
     Squares,
@@ -50,7 +54,7 @@ from export.propagation import (
 from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, matrix_norm_bound
 from zoo.certificate import LayerBound
 
-__all__ = ["MIN_OPSET", "REINDEXING", "RULES", "GraphBound", "graph_bound"]
+__all__ = ["MIN_OPSET", "REINDEXING", "RULES", "SCALAR_MAPS", "GraphBound", "graph_bound"]
 
 MIN_OPSET = 13
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -88,6 +92,7 @@ REINDEXING = frozenset(
         "Expand",
         "Flatten",
         "Gather",
+        "GatherND",
         "Identity",
         "Pad",
         "Reshape",
@@ -98,10 +103,12 @@ REINDEXING = frozenset(
         "Tile",
         "Transpose",
         "Unsqueeze",
+        "Where",
     }
 )
 """Ops whose every output value is a copy of an input value or a constant (1-Lipschitz, except for
-the copies, which the signal's bound counts)."""
+the copies, which the signal's bound counts). All but Reshape may move the batch axis (see
+:class:`~export.propagation.Signal`); every other op must find it first."""
 
 
 @dataclass
@@ -192,21 +199,26 @@ def _axis(axis: int, rank: int) -> int:
 
 def _reindex(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Moves values only: evaluated on the index arrays, so exact, copies included."""
-    data_positions = range(len(inputs)) if node.op_type == "Concat" else (0,)
+    data_positions = {"Concat": range(len(inputs)), "Where": (1, 2)}.get(node.op_type, (0,))
     feeds = []
     for position, value in enumerate(inputs):
         if position in data_positions:
             feeds.append(value.index if isinstance(value, Signal) else np.full(value.shape, -1, np.int64))
         else:
-            feeds.append(_constant(inputs, position, "shape or index argument"))
-    if node.op_type == "Reshape" and walk.tracker.batch > 1:
+            feeds.append(_constant(inputs, position, "shape, index or condition argument"))
+    moved = [value for value in inputs if isinstance(value, Signal)]
+    reshape = node.op_type == "Reshape"
+    if reshape and any(signal.batch_axis != 0 for signal in moved):
+        raise UnsupportedOpError("it reshapes a tensor whose batch axis is not first")
+    if reshape and walk.tracker.batch > 1:
         first = int(feeds[1][0])
         if not (first == -1 or (first == 0 and not _attributes(node).get("allowzero", 0))):
             raise UnsupportedOpError(f"it reshapes to a fixed batch size ({first})")
     if node.op_type == "Pad":
         feeds = [*feeds[:2], np.array(-1, np.int64), *feeds[3:]]  # constant entries are marked -1
-    moved = [value for value in inputs if isinstance(value, Signal)]
-    return [walk.tracker.reindexed(index, moved) for index in walk.evaluate(node, feeds)]
+    return [
+        walk.tracker.reindexed(index, moved, batch_moves=not reshape) for index in walk.evaluate(node, feeds)
+    ]
 
 
 def _shape(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -240,15 +252,33 @@ def _select_from_shape(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -
 # --- elementwise ops ----------------------------------------------------------------------------
 
 
-def _lipschitz_of_scalar_map(node: onnx.NodeProto) -> float:
-    if node.op_type == "LeakyRelu":
-        return max(1.0, abs(_attributes(node).get("alpha", 0.01)))
-    return 0.25 if node.op_type == "Sigmoid" else 1.0
+def _selu(attributes: dict[str, Any]) -> float:
+    """gamma x (x > 0), gamma alpha (exp(x) - 1) (x <= 0): slopes up to |gamma| max(1, |alpha|)."""
+    alpha = attributes.get("alpha", 1.67326319217681884765625)
+    return abs(attributes.get("gamma", 1.05070102214813232421875)) * max(1.0, abs(alpha))
+
+
+SCALAR_MAPS: dict[str, Callable[[dict[str, Any]], float]] = {
+    **dict.fromkeys(
+        ("Relu", "Abs", "Neg", "Clip", "Tanh", "Celu", "Softplus", "Softsign", "Atan", "Sin", "Cos"),
+        lambda attributes: 1.0,
+    ),
+    "Sigmoid": lambda attributes: 0.25,
+    "LeakyRelu": lambda attributes: max(1.0, abs(attributes.get("alpha", 0.01))),
+    "Elu": lambda attributes: max(1.0, abs(attributes.get("alpha", 1.0))),
+    "Selu": _selu,
+    "HardSigmoid": lambda attributes: abs(attributes.get("alpha", 0.2)),
+    "HardSwish": lambda attributes: HARDSWISH_LIPSCHITZ,
+    "Gelu": lambda attributes: GELU_LIPSCHITZ,
+    "Mish": lambda attributes: MISH_LIPSCHITZ,
+    "Erf": lambda attributes: ERF_LIPSCHITZ,
+}
+"""Scalar maps (op type -> Lipschitz constant from the node's attributes): sup of |f'|."""
 
 
 def _elementwise(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
-    """Each output value is a scalar function of one input value with Lipschitz constant 1 (Relu,
-    Abs, Neg, Clip, Tanh), max(1, |alpha|) (LeakyRelu) or 1/4 (Sigmoid)."""
+    """Each output value is a scalar function of one input value, whose Lipschitz constant
+    SCALAR_MAPS gives (1 for Relu, Abs, Clip, Tanh...; 1/4 for Sigmoid; GELU_LIPSCHITZ...)."""
     x = _data(inputs, squares=node.op_type == "Clip")
     if isinstance(x, Squares):
         if _constant(inputs, 2, "bound") is not None:
@@ -256,9 +286,11 @@ def _elementwise(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list
         return _floor(inputs, x, 1)
     if node.op_type == "Relu":
         return [walk.tracker.relu(x)]
+    if node.op_type == "Sigmoid":
+        return [walk.tracker.sigmoid(x)]
     bounds = [_constant(inputs, position, "bound") for position in range(1, len(inputs))]
     alike = all(bound is None or bound.size == 1 for bound in bounds)
-    return [walk.tracker.elementwise(x, _lipschitz_of_scalar_map(node), alike)]
+    return [walk.tracker.elementwise(x, SCALAR_MAPS[node.op_type](_attributes(node)), alike)]
 
 
 def _power(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -311,14 +343,18 @@ def _sum(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
 
 def _product(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Mul / Div by a constant c: value k is multiplied by c_k, so the map is max |c|-Lipschitz
-    (exact for a scalar c); a product of two input-dependent tensors is not globally Lipschitz."""
+    (exact for a scalar c); x * Sigmoid(x) is SiLU (Tracker.product); any other product of two
+    input-dependent tensors is not globally Lipschitz."""
     a, b = inputs
     if node.op_type == "Mul" and isinstance(a, Signal) and a is b:
         return [walk.tracker.squares(a)]
     if isinstance(a, Squares) or isinstance(b, Squares):
         return _scaled_squares(walk, node, inputs)
     if isinstance(a, Signal) and isinstance(b, Signal):
-        raise UnsupportedOpError("a product of two input-dependent tensors is not globally Lipschitz")
+        silu = walk.tracker.product(a, b) if node.op_type == "Mul" else None
+        if silu is None:
+            raise UnsupportedOpError("a product of two input-dependent tensors is not globally Lipschitz")
+        return [silu]
     if node.op_type == "Div" and isinstance(b, Signal):
         raise UnsupportedOpError("a division by an input-dependent tensor is not Lipschitz")
     data, constant = (a, b) if isinstance(a, Signal) else (b, a)
@@ -573,14 +609,8 @@ def _window_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list
     return outputs
 
 
-_REDUCE_GAINS: dict[str, Callable[[int], float]] = {
-    "ReduceMean": lambda n: 1 / math.sqrt(n),
-    "GlobalAveragePool": lambda n: 1 / math.sqrt(n),
-    "ReduceSum": math.sqrt,
-    "ReduceMax": lambda n: 1.0,
-    "ReduceMin": lambda n: 1.0,
-    "GlobalMaxPool": lambda n: 1.0,
-}
+_EXTREMA = ("ReduceMax", "ReduceMin", "GlobalMaxPool")
+"""Reductions to one value of each group: ``|max|``, ``|min|`` (in differences) ``<= ||group||``."""
 
 
 _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {
@@ -591,9 +621,9 @@ _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {
 
 
 def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
-    """Reductions over axes (never the batch axis) combine disjoint groups of n values: |mean| <=
-    ||group|| / sqrt(n), |sum| <= sqrt(n) ||group||, |max|, |min| <= ||group|| (in differences);
-    a sum / mean of squares is a nonnegative map with column sums 1 / (1 / n)."""
+    """Reductions over axes (never the batch axis) combine disjoint groups of n values: sums and
+    means are bounded by Tracker.reduced (copies included), |max|, |min| <= ||group|| (in
+    differences); a sum / mean of squares is a nonnegative map with column sums 1 / (1 / n)."""
     x, attributes = _data(inputs, squares=node.op_type in _SQUARES_SPREADS), _attributes(node)
     rank = len(x.shape)
     if node.op_type.startswith("Global"):
@@ -609,15 +639,15 @@ def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
     count = math.prod(x.shape[a] for a in axes)
     if isinstance(x, Squares):
         return [x.combined(_SQUARES_SPREADS[node.op_type](count), walk.shape(node.output[0]))]
-    gain, shape = _REDUCE_GAINS[node.op_type](count), walk.shape(node.output[0])
-    if node.op_type in ("ReduceMean", "GlobalAveragePool"):
-        return [walk.tracker.mean(x, gain, shape)]
-    return [walk.tracker.transformed(x, gain, shape)]
+    shape = walk.shape(node.output[0])
+    if node.op_type in _EXTREMA:
+        return [walk.tracker.transformed(x, 1.0, shape)]
+    return [walk.tracker.reduced(x, axes, shape, mean=node.op_type != "ReduceSum")]
 
 
 RULES: dict[str, Rule] = {
     **dict.fromkeys(REINDEXING, _reindex),
-    **dict.fromkeys(("Relu", "LeakyRelu", "Abs", "Neg", "Clip", "Tanh", "Sigmoid"), _elementwise),
+    **dict.fromkeys(SCALAR_MAPS, _elementwise),
     "BatchNormalization": _batch_normalization,
     "PRelu": _prelu,
     **dict.fromkeys(("Add", "Sub", "Sum"), _sum),
@@ -632,7 +662,7 @@ RULES: dict[str, Rule] = {
     "MatMul": _matmul,
     "AveragePool": _average_pool,
     **dict.fromkeys(("MaxPool", "LpPool"), _window_pool),
-    **dict.fromkeys(_REDUCE_GAINS, _reduce),
+    **dict.fromkeys((*_SQUARES_SPREADS, *_EXTREMA), _reduce),
 }
 """ONNX op type (default domain) -> rule computing the values of the node's outputs."""
 
@@ -721,7 +751,18 @@ def _node_outputs(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> lis
     if rule is None:
         domain = f"{node.domain}::" if node.domain else ""
         raise UnsupportedOpError(f"unsupported op {domain}{node.op_type}: no Lipschitz rule")
+    if rule is not _reindex:
+        _require_batch_first(inputs, "it reads")
     return rule(walk, node, inputs)
+
+
+def _require_batch_first(values: list[Value], what: str) -> None:
+    for value in values:
+        if isinstance(value, Signal) and value.batch_axis != 0:
+            raise UnsupportedOpError(
+                f"{what} a tensor whose batch axis was moved to axis {value.batch_axis} (only ops that "
+                "move values may, until it is first again)"
+            )
 
 
 def graph_bound(model: onnx.ModelProto) -> GraphBound:
@@ -762,6 +803,7 @@ def graph_bound(model: onnx.ModelProto) -> GraphBound:
             raise UnsupportedOpError(f"graph output {output.name!r} is {result.what}")
         if isinstance(result, Squares):
             raise UnsupportedOpError(f"graph output {output.name!r} holds squares of input-dependent values")
+        _require_batch_first([result], f"graph output {output.name!r} is")
     signals = [r for r in results if isinstance(r, Signal)]
     bound = tracker.bound(*signals) if signals else 0.0
     return GraphBound(bound, tuple(layers), example)

@@ -45,6 +45,15 @@ Batch
     Arrays keep the batch axis first, and sources number their values example after example. So
     :meth:`Tracker.reindexed` refuses any op that moves a value into another example's row: a bound
     is per example, and holds for every batch size, only when no op mixes the examples of a batch.
+    Ops that move values may, when their rule allows it, move the batch axis elsewhere (an ONNX
+    exporter gathers pooling windows from a transposed tensor): such a signal records its
+    ``batch_axis``, and only ops that move values may read it until the axis is first again.
+
+Nonnegative combinations
+    A sum or mean over some axes of a signal with copies (overlapping pooling windows) is the
+    nonnegative matrix ``M`` from the source values to the outputs: ``|sum_e w_e d_e| <= sum_e w_e
+    |d_e|`` with ``|d_e|`` at most the difference of the source value of entry ``e``, so the output
+    moves by at most ``||M|| L_S`` (:meth:`Tracker.combined`), exact where counting copies is not.
 """
 
 from __future__ import annotations
@@ -58,10 +67,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo.bounds import LinearMap, adjoint_residual_bound, conv_bound
+from zoo.bounds import LinearMap, adjoint_residual_bound, conv_bound, sparse_matrix_norm_bound
 from zoo.certificate import LayerBound
 
 __all__ = [
+    "ERF_LIPSCHITZ",
+    "GELU_LIPSCHITZ",
+    "HARDSWISH_LIPSCHITZ",
+    "MISH_LIPSCHITZ",
+    "SILU_LIPSCHITZ",
     "GraphBound",
     "Signal",
     "Squares",
@@ -72,6 +86,20 @@ __all__ = [
     "window_coverage",
     "window_spread",
 ]
+
+
+# Lipschitz constants of smooth activations: sup |f'| over the reals, attained where stated, rounded up
+# (tests/export/test_verify.py checks each against autograd derivatives on a fine grid).
+GELU_LIPSCHITZ = 1.1291
+"""x Phi(x): 1.128904 at x = sqrt(2); its tanh approximation: 1.128993 at x = 1.418."""
+SILU_LIPSCHITZ = 1.0999
+"""x sigmoid(x) (SiLU, swish): 1.099839 at x = 2.3994."""
+MISH_LIPSCHITZ = 1.0886
+"""x tanh(softplus(x)): 1.088498 at x = 1.4906."""
+ERF_LIPSCHITZ = 1.12838
+"""erf: 2 / sqrt(pi) = 1.1283792 at x = 0."""
+HARDSWISH_LIPSCHITZ = 1.5
+"""x relu6(x + 3) / 6: (2 x + 3) / 6 on (-3, 3), 1.5 at x = 3."""
 
 
 class VerificationError(ValueError):
@@ -90,6 +118,7 @@ class Signal:
 
     index: np.ndarray
     variant: int | None
+    batch_axis: int = 0
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -164,6 +193,7 @@ class Tracker:
         self._linear: dict[int, tuple[Signal, Signal, LinearMap]] = {}
         self._relus: dict[int, tuple[Signal, Signal]] = {}
         self._means: dict[int, tuple[Signal, Signal]] = {}
+        self._sigmoids: dict[int, tuple[Signal, Signal]] = {}
 
     def source(self, shape: Sequence[int], bound: float) -> Signal:
         """A new source of ``shape`` (batch first) whose bound with respect to the graph input is
@@ -197,25 +227,33 @@ class Tracker:
         np.maximum.at(worst, self._owners(ids), counts)
         return math.sqrt(float(np.dot(worst, np.square(self._bounds))))
 
-    def reindexed(self, index: np.ndarray, moved: Sequence[Signal]) -> Signal:
-        """The signal of an op that only moved the values of the signals ``moved``, given ``index``,
-        the op applied to their index arrays; refuses an op that changes the batch axis or mixes
-        examples."""
-        index = np.array(index, dtype=np.int64)  # a copy: the signal must not change with its origin
-        if index.ndim == 0 or index.shape[0] != self.batch:
-            raise VerificationError(f"an op changes the batch axis (output shape {index.shape})")
-        rows = index.reshape(self.batch, -1)
+    def _keeps_examples_along(self, index: np.ndarray, axis: int) -> bool:
+        """Whether every input-dependent entry of ``index`` at position ``i`` of ``axis`` (of size
+        batch) holds a value of example ``i``."""
+        rows = np.moveaxis(index, axis, 0).reshape(self.batch, -1)
         used = rows >= 0
         ids = rows[used]
         owners = self._owners(ids)
         examples = (ids - np.asarray(self._starts)[owners]) // np.asarray(self._example_sizes)[owners]
-        expected = np.broadcast_to(np.arange(self.batch)[:, None], rows.shape)[used]
-        if np.any(examples != expected):
+        return bool(np.all(examples == np.broadcast_to(np.arange(self.batch)[:, None], rows.shape)[used]))
+
+    def reindexed(self, index: np.ndarray, moved: Sequence[Signal], batch_moves: bool = False) -> Signal:
+        """The signal of an op that only moved the values of the signals ``moved``, given ``index``,
+        the op applied to their index arrays; refuses an op that mixes examples, or that moves the
+        batch axis unless ``batch_moves`` (then the signal records where it went)."""
+        index = np.array(index, dtype=np.int64)  # a copy: the signal must not change with its origin
+        candidates = [a for a in range(index.ndim) if index.shape[a] == self.batch]
+        if not candidates or (candidates[0] != 0 and not batch_moves):
+            raise VerificationError(f"an op changes the batch axis (output shape {index.shape})")
+        axes = [a for a in (candidates if batch_moves else [0]) if self._keeps_examples_along(index, a)]
+        if not axes:
             raise VerificationError("an op mixes the examples of a batch: the bound would not be per example")
+        if axes[0] != 0 and len(axes) > 1 and self.batch > 1:
+            raise VerificationError(f"an op leaves the batch axis ambiguous (output shape {index.shape})")
         variants = {signal.variant for signal in moved if np.any(signal.index >= 0)}
         if not variants:
-            return Signal(index, next(self._variants))
-        return Signal(index, variants.pop() if len(variants) == 1 else None)
+            return Signal(index, next(self._variants), axes[0])
+        return Signal(index, variants.pop() if len(variants) == 1 else None, axes[0])
 
     def broadcast(self, signal: Signal, shape: Sequence[int]) -> Signal:
         """``signal`` broadcast to ``shape`` (numpy rules): values are copied, which its bound counts."""
@@ -247,11 +285,35 @@ class Tracker:
             self._linear[id(output)] = (output, signal, layer)
         return output
 
-    def mean(self, signal: Signal, gain: float, shape: Sequence[int]) -> Signal:
-        """:meth:`transformed` for a mean over some axes; when it keeps them (size 1), it is kept for
-        :meth:`centered`."""
-        output = self.transformed(signal, gain, shape)
-        if len(output.shape) == len(signal.shape):
+    def reduced(self, signal: Signal, axes: Sequence[int], shape: Sequence[int], mean: bool) -> Signal:
+        """The sum (or the mean) of ``signal`` over ``axes`` (not the batch axis), of ``shape``.
+
+        Disjoint groups of ``n`` entries: ``|sum| <= sqrt(n) ||group||`` and ``|mean| <=
+        ||group|| / sqrt(n)``, with the signal's bound counting its copies; when a source value is
+        copied into one example's entries more than once (overlapping windows), the norm of the
+        nonnegative matrix from source values to outputs is used too (see the module docstring) and
+        the smaller bound kept. A mean that keeps its axes (size 1) is recorded for :meth:`centered`.
+        """
+        count = math.prod(signal.shape[a] for a in axes)
+        weight = 1 / count if mean else 1.0
+        bound = weight * math.sqrt(count) * self.bound(signal)
+        rows = np.moveaxis(signal.index, list(axes), list(range(-len(axes), 0))).reshape(-1, count)
+        example = rows[: len(rows) // self.batch]  # the batch axis is first: example 0's outputs
+        outputs, position = np.nonzero(example >= 0)
+        ids = example[outputs, position]
+        if len(np.unique(ids)) < len(ids):
+            owners = self._owners(ids)
+            combined = 0.0
+            for owner in np.unique(owners):
+                mine = owners == owner
+                matrix_shape = (len(example), self._example_sizes[owner])
+                weights = np.full(int(mine.sum()), weight)
+                columns = ids[mine] - self._starts[owner]
+                norm = sparse_matrix_norm_bound(outputs[mine], columns, weights, matrix_shape)
+                combined += norm * self._bounds[owner]
+            bound = min(bound, combined)
+        output = self.source(shape, bound)
+        if mean and len(output.shape) == len(signal.shape):
             self._means[id(output)] = (output, signal)
         return output
 
@@ -269,6 +331,21 @@ class Tracker:
         output = self.elementwise(signal, 1.0, alike=True)
         self._relus[id(output)] = (output, signal)
         return output
+
+    def sigmoid(self, signal: Signal) -> Signal:
+        """Sigmoid of ``signal`` (1/4-Lipschitz), kept for :meth:`product`."""
+        output = self.elementwise(signal, 0.25, alike=True)
+        self._sigmoids[id(output)] = (output, signal)
+        return output
+
+    def product(self, a: Signal, b: Signal) -> Signal | None:
+        """``a * b`` when one factor is the recorded sigmoid of the other, very same, signal: SiLU
+        (``x sigmoid(x)``, SILU_LIPSCHITZ), applied alike to every entry; None otherwise."""
+        for x, gate in ((a, b), (b, a)):
+            recorded = self._sigmoids.get(id(gate))
+            if recorded is not None and recorded[1] is x:
+                return self.elementwise(x, SILU_LIPSCHITZ, alike=True)
+        return None
 
     def squares(self, signal: Signal) -> Squares:
         """The squares of ``signal``'s values (not Lipschitz until pooled and rooted)."""

@@ -31,6 +31,11 @@ import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
 from export.propagation import (
+    ERF_LIPSCHITZ,
+    GELU_LIPSCHITZ,
+    HARDSWISH_LIPSCHITZ,
+    MISH_LIPSCHITZ,
+    SILU_LIPSCHITZ,
     GraphBound,
     Signal,
     Squares,
@@ -41,7 +46,13 @@ from export.propagation import (
     window_coverage,
     window_spread,
 )
-from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, matrix_norm_bound
+from zoo.bounds import (
+    LinearMap,
+    adaptive_average_pool_bound,
+    conv_bound,
+    conv_transpose_bound,
+    matrix_norm_bound,
+)
 from zoo.certificate import LayerBound
 
 __all__ = ["REINDEXING", "RULES", "program_bound"]
@@ -391,12 +402,23 @@ _SCALAR_MAPS: dict[str, Callable[[dict[str, Any]], float]] = {
     "clamp_max": lambda a: 1.0,
     "leaky_relu": lambda a: max(1.0, abs(float(a["negative_slope"]))),
     "sigmoid": lambda a: 0.25,
+    "gelu": lambda a: GELU_LIPSCHITZ,
+    "silu": lambda a: SILU_LIPSCHITZ,
+    "mish": lambda a: MISH_LIPSCHITZ,
+    "erf": lambda a: ERF_LIPSCHITZ,
+    "hardswish": lambda a: HARDSWISH_LIPSCHITZ,
+    "hardsigmoid": lambda a: 0.1666667,  # relu6(x + 3) / 6, the 1/6 rounded up (float32 has 0.16666667163)
+    "celu": lambda a: 1.0,
+    # scale x (x > 0), scale alpha (exp(input_scale x) - 1) (x <= 0); selu and elu are such maps
+    "elu": lambda a: abs(float(a["scale"])) * max(1.0, abs(float(a["alpha"]) * float(a["input_scale"]))),
+    "selu": lambda a: 1.0507009873554804934193349852946 * 1.6732632423543772848170429916717,
 }
+"""aten scalar maps -> Lipschitz constant from the op's arguments: sup of |f'|."""
 
 
 def _elementwise(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
-    """Each output value is a scalar function of one input value with Lipschitz constant 1 (relu, abs,
-    neg, tanh, clamps), max(1, |slope|) (leaky_relu) or 1/4 (sigmoid)."""
+    """Each output value is a scalar function of one input value, whose Lipschitz constant
+    _SCALAR_MAPS gives (1 for relu, abs, tanh, clamps...; 1/4 for sigmoid; GELU_LIPSCHITZ...)."""
     x = a["self"]
     if x.squares is not None:
         if a.get("max") is not None:
@@ -535,13 +557,17 @@ def _spatial(x: _Tracked, values: Sequence[int]) -> tuple[int, ...]:
 
 def _average_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """avg_pool is a depthwise convolution with the constant kernel 1 / prod(kernel), bounded by
-    conv_bound (average_pool_gain); adaptive pools whose windows tile the input are such pools."""
+    conv_bound (average_pool_gain); adaptive pools whose windows tile the input are such pools, the
+    others have the exact norm of adaptive_average_pool_bound."""
     x = a["self"]
     spatial = tuple(x.shape[2:])
     if "output_size" in a:
         out = _spatial(x, a["output_size"])
         if any(n % o for n, o in zip(spatial, out, strict=True)):
-            raise UnsupportedOpError("adaptive windows that do not tile the input are not supported")
+            if x.squares is not None:
+                raise UnsupportedOpError("adaptive windows that do not tile the input, over squares")
+            gain = adaptive_average_pool_bound(spatial, out)
+            return run.wrap(run.tracker.transformed(_signal(x), gain, run.shadow(func, a).shape), x.dtype)
         kernel = stride = tuple(n // o for n, o in zip(spatial, out, strict=True))
         padding = (0,) * len(spatial)
     else:
@@ -589,12 +615,8 @@ def _max_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     return tracked, _Tracked(outputs[1], outputs[1].dtype, None, "the indices of aten.max_pool")
 
 
-_REDUCE_GAINS: dict[str, Callable[[int], float]] = {
-    "mean": lambda n: 1 / math.sqrt(n),
-    "sum": math.sqrt,
-    "amax": lambda n: 1.0,
-    "amin": lambda n: 1.0,
-}
+_EXTREMA = ("amax", "amin")
+"""Reductions to one value of each group: ``|max|``, ``|min|`` (in differences) ``<= ||group||``."""
 
 
 _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {"mean": lambda n: 1 / n, "sum": lambda n: 1.0}
@@ -602,7 +624,7 @@ _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {"mean": lambda n: 1 / n, 
 
 def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """mean / sum / amax / amin over dims (never the batch axis) combine disjoint groups of n values:
-    |mean| <= ||group|| / sqrt(n), |sum| <= sqrt(n) ||group||, |max|, |min| <= ||group|| (in
+    sums and means are bounded by Tracker.reduced (copies included), |max|, |min| <= ||group|| (in
     differences)."""
     x = a["self"]
     dims = a.get("dim") or list(range(x.dim()))
@@ -612,10 +634,9 @@ def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     count, shape = math.prod(x.shape[d] for d in dims), run.shadow(func, a).shape
     if x.squares is not None:
         return run.wrap_squares(x.squares.combined(_SQUARES_SPREADS[_op_name(func)](count), shape), x.dtype)
-    gain = _REDUCE_GAINS[_op_name(func)](count)
-    if _op_name(func) == "mean":
-        return run.wrap(run.tracker.mean(_signal(x), gain, shape), x.dtype)
-    return run.wrap(run.tracker.transformed(_signal(x), gain, shape), x.dtype)
+    if _op_name(func) in _EXTREMA:
+        return run.wrap(run.tracker.transformed(_signal(x), 1.0, shape), x.dtype)
+    return run.wrap(run.tracker.reduced(_signal(x), dims, shape, mean=_op_name(func) == "mean"), x.dtype)
 
 
 def _batch_norm(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
@@ -649,7 +670,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(
         ("max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices"), _max_pool
     ),
-    **dict.fromkeys(_REDUCE_GAINS, _reduce),
+    **dict.fromkeys((*_SQUARES_SPREADS, *_EXTREMA), _reduce),
     **dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit_no_training"), _batch_norm),
     **dict.fromkeys(("pow", "sqrt"), _power),
 }

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import zoo
 from zoo.bounds import (
     RELATIVE_MARGIN,
     LinearMap,
+    adaptive_average_pool_bound,
     adjoint_residual_bound,
     conv_bound,
     conv_transpose_bound,
@@ -108,22 +108,10 @@ def _conv_transpose_bound(
 
 
 def _adaptive_avg_pool_bound(module: nn.AdaptiveAvgPool2d, input_shape: tuple[int, ...]) -> float:
-    """An adaptive average pool acts on each channel as ``A_h (x) A_w`` (rows pooled by the (out, in)
-    averaging matrix ``A_h``, columns by ``A_w``), whose norm is ``||A_h|| ||A_w||``; the matrices are
-    the pool's response to one-hot rows, so windows of any overlap are handled exactly."""
+    """Exact for windows of any overlap (:func:`~zoo.bounds.adaptive_average_pool_bound`)."""
     height, width = input_shape[-2:]
-    out_h, out_w = nn.modules.utils._pair(module.output_size)
-
-    def averaging_matrix(size: int, out: int | None) -> torch.Tensor:
-        one_hot_rows = torch.eye(size, dtype=torch.float64).unsqueeze(0)
-        return F.adaptive_avg_pool1d(one_hot_rows, out or size)[0].T
-
     scale = module.scale(height, width) if isinstance(module, ScaledAdaptiveAvgPool2d) else 1.0
-    return (
-        matrix_norm_bound(averaging_matrix(height, out_h))
-        * matrix_norm_bound(averaging_matrix(width, out_w))
-        * scale
-    )
+    return adaptive_average_pool_bound((height, width), nn.modules.utils._pair(module.output_size)) * scale
 
 
 def _max_windows_per_pixel(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -17,7 +17,7 @@ from layer_checks import adjoint_residual
 from export.onnx_graph import graph_bound
 from export.pipeline import export_model
 from export.torch_graph import program_bound
-from export.verify import UnsupportedOpError, VerificationError, verify_artifact
+from export.verify import verify_artifact
 from export.writers import write_onnx, write_pt2, write_torchscript
 from zoo.bounds import conv_bound, conv_transpose_bound
 from zoo.certify import certify, network_bound
@@ -72,9 +72,6 @@ def test_cifar_sized_default_architectures_export_and_verify(name, tmp_path):
         assert abs(report.lipschitz_bound - expected) <= 1e-9 * expected, check.format
 
 
-# Adaptive windows that overlap (output size not dividing the input size): ONNX spells the pool with
-# ops that move the batch axis, and the aten rule covers tiling windows only. Refused, with the reason.
-NOT_EXPORTABLE = {"scaled_adaptive_avg_pool_overlapping": "batch axis|do not tile the input"}
 WRITERS = {".onnx": write_onnx, ".pt": write_torchscript, ".pt2": write_pt2}
 
 
@@ -88,10 +85,6 @@ def test_every_layer_exports_and_verifies(name, suffix, tmp_path):
     layer = fold(layer).eval()
     certificate = certify(layer, case.shape)
     path = WRITERS[suffix](layer, certificate, tmp_path / f"layer{suffix}")
-    if name in NOT_EXPORTABLE:
-        with pytest.raises((UnsupportedOpError, VerificationError), match=NOT_EXPORTABLE[name]):
-            verify_artifact(path)
-        return
     report = verify_artifact(path)
     assert report.ok, report.problems
     # equal up to the margin: a few layers are bounded with one margin fewer from the file

@@ -20,7 +20,14 @@ from typer.testing import CliRunner
 
 from export.onnx_graph import graph_bound
 from export.pipeline import ExportError, export_model
-from export.propagation import Tracker
+from export.propagation import (
+    ERF_LIPSCHITZ,
+    GELU_LIPSCHITZ,
+    HARDSWISH_LIPSCHITZ,
+    MISH_LIPSCHITZ,
+    SILU_LIPSCHITZ,
+    Tracker,
+)
 from export.torch_graph import program_bound
 from export.verify import (
     UnsupportedOpError,
@@ -307,6 +314,8 @@ LINEAR_PROGRAMS = {
     "batch norm": (_batch_norm, (3, 2, 2), 1 + 1e-5),
     "grouped dilated conv1d": (lambda: _seeded(nn.Conv1d(4, 6, 3, dilation=2, groups=2)), (4, 9), 1 + 1e-5),
     "adaptive average pool": (lambda: nn.AdaptiveAvgPool2d(2), (2, 4, 6), 1 + 1e-5),
+    "adaptive average pool, overlapping windows": (lambda: nn.AdaptiveAvgPool2d((3, 2)), (2, 7, 5), 1 + 1e-5),
+    "adaptive average pool, uneven windows": (lambda: nn.AdaptiveAvgPool2d(3), (2, 2, 2), 1 + 1e-5),
     "residual, mean, expand, concat": (lambda: _seeded(_Residual()), (2, 4, 4), 3.0),
     "grouped conv_transpose2d, stride 2, output padding": (
         lambda: _seeded(nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)),
@@ -506,6 +515,32 @@ LINEAR_GRAPHS = {
 }
 
 
+# torch.onnx spells an adaptive pool whose windows do not tile the input as a Transpose that moves the
+# batch axis, a GatherND of the windows and a mean (equal windows: exact, copies included) or masked
+# sums divided by the window sizes (uneven windows: bounded term by term, so looser).
+ADAPTIVE_POOLS = {
+    "overlapping windows": ((3, 2), (2, 7, 5), 1 + 1e-5),
+    "copies, 1x1 -> 7x7 (VGG's pool on small inputs)": ((7, 7), (3, 1, 1), 1 + 1e-5),
+    "uneven windows": ((3, 3), (2, 2, 2), 4.0),
+}
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_POOLS)
+def test_adaptive_pools_exported_by_torch_onnx_are_bounded_soundly(case, tmp_path):
+    output_size, shape, looseness = ADAPTIVE_POOLS[case]
+    pool = nn.AdaptiveAvgPool2d(output_size)
+    program = torch.onnx.export(
+        pool,
+        (torch.zeros(2, *shape),),
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        verbose=False,
+    )
+    exact = _dense_norm(pool, shape)
+    bound = graph_bound(program.model_proto).lipschitz_bound
+    assert exact * (1 - 1e-9) <= bound <= exact * looseness
+
+
 @pytest.mark.parametrize("case", LINEAR_GRAPHS)
 def test_linear_graphs_are_bounded_by_their_exact_norm(case):
     nodes, initializers, example_shape, looseness = LINEAR_GRAPHS[case]
@@ -637,6 +672,54 @@ def test_nonlinear_graphs_bound_their_difference_quotients(case):
     assert np.max(moves / np.linalg.norm((x - y).reshape(len(x), -1), axis=1)) <= bound * (1 + 1e-4)
 
 
+# Smooth activations: (module, Lipschitz constant the verifiers must use); the constants are sup |f'|
+ACTIVATIONS = {
+    "silu": (nn.SiLU, SILU_LIPSCHITZ),  # ONNX: Sigmoid, then Mul by the very same input
+    "gelu": (nn.GELU, GELU_LIPSCHITZ),
+    "gelu tanh": (lambda: nn.GELU(approximate="tanh"), GELU_LIPSCHITZ),
+    "mish": (nn.Mish, MISH_LIPSCHITZ),
+    "hardswish": (nn.Hardswish, HARDSWISH_LIPSCHITZ),
+    "hardsigmoid": (nn.Hardsigmoid, 0.1666667),  # 1/6 in float32 is 0.16666667163
+    "elu alpha 2": (lambda: nn.ELU(alpha=2.0), 2.0),
+    "selu": (nn.SELU, 1.0507009873554805 * 1.6732632423543772),
+    "celu": (nn.CELU, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_constants_are_the_sup_of_the_derivative(name):
+    make, constant = ACTIVATIONS[name]
+    x = torch.linspace(-30, 30, 600_001, dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(make()(x).sum(), x)
+    steepest = float(slope.abs().max())
+    assert steepest <= constant <= steepest * (1 + 2e-4)
+    (slope,) = torch.autograd.grad(torch.erf(x).sum(), x)
+    assert float(slope.abs().max()) <= ERF_LIPSCHITZ <= float(slope.abs().max()) * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_get_their_constant_from_onnx_and_programs(name, tmp_path):
+    make, constant = ACTIVATIONS[name]
+    net = nn.Sequential(nn.Linear(4, 4, bias=False), make()).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(4))
+    example, batch = (torch.zeros(2, 4),), ({0: torch.export.Dim("batch")},)
+    program = torch.onnx.export(net, example, dynamo=True, dynamic_shapes=batch, verbose=False)
+    exported = torch.export.export(net, example, dynamic_shapes=batch)
+    bounds = [
+        graph_bound(program.model_proto).lipschitz_bound,
+        program_bound(net, (4,), batch=2, dtype=torch.float32).lipschitz_bound,
+        program_bound(exported.module(), (4,), batch=2, dtype=torch.float32).lipschitz_bound,
+    ]
+    assert bounds == pytest.approx([constant] * 3, rel=1e-5)
+
+
+def test_a_product_with_the_sigmoid_of_another_tensor_is_refused():
+    nodes = [_node("Relu", ["x"], "r"), _node("Sigmoid", ["r"], "s"), _node("Mul", ["x", "s"])]
+    with pytest.raises(UnsupportedOpError, match="product of two input-dependent tensors"):
+        graph_bound(_model(nodes, {}, (4,)))
+
+
 @pytest.mark.parametrize(
     ("node", "initializers", "message"),
     [
@@ -661,7 +744,18 @@ def test_a_conv_transpose_sized_by_output_shape_is_refused():
 @pytest.mark.parametrize(
     ("nodes", "initializers", "message"),
     [
-        ([_node("Transpose", ["x"], perm=[1, 0])], {}, "changes the batch axis"),
+        ([_node("Flatten", ["x"], axis=0)], {}, "changes the batch axis"),
+        ([_node("Transpose", ["x"], perm=[1, 0])], {}, "output 'y' is a tensor whose batch axis was moved"),
+        (
+            [_node("Transpose", ["x"], "t", perm=[1, 0]), _node("Relu", ["t"])],
+            {},
+            "Relu node .* reads a tensor whose batch axis was moved to axis 1",
+        ),
+        (
+            [_node("Transpose", ["x"], "t", perm=[1, 0]), _node("Reshape", ["t", "s"])],
+            {"s": np.array([-1, 2])},
+            "reshapes a tensor whose batch axis is not first",
+        ),
         ([_node("Reshape", ["x", "s"])], {"s": np.array([2, -1])}, "fixed batch size"),
         ([_node("Gather", ["x", "i"], axis=0)], {"i": np.array([1, 0])}, "mixes the examples"),
         (

@@ -3,6 +3,8 @@
 * :func:`matrix_norm_bound`, :func:`gram_iteration_bound` — dense matrices (``zoo.bounds.dense``).
 * :func:`conv_bound`, :func:`conv_transpose_bound`, :func:`conv_operator_matrix` — 1-D / 2-D
   (transposed) convolutions with torch semantics (``zoo.bounds.conv``).
+* :func:`adaptive_average_pool_bound`, :func:`sparse_matrix_norm_bound` — averaging operators, exact
+  for overlapping windows and for sums of copied values (``zoo.bounds.averaging``).
 * :func:`adjoint_residual_bound` — residual blocks ``x + B relu(A x + b)`` with ``B`` of ``A``'s
   adjoint geometry, such as folded SLL blocks (``zoo.bounds.residual``).
 * :func:`empirical_lipschitz` — a *lower* bound by attack, to measure how tight a certificate is
@@ -11,6 +13,7 @@
 Every certified bound is the float64 value times ``1 + RELATIVE_MARGIN``.
 """
 
+from zoo.bounds.averaging import adaptive_average_pool_bound, sparse_matrix_norm_bound
 from zoo.bounds.conv import conv_bound, conv_operator_matrix, conv_transpose_bound
 from zoo.bounds.dense import RELATIVE_MARGIN, gram_iteration_bound, matrix_norm_bound
 from zoo.bounds.empirical import empirical_lipschitz
@@ -19,6 +22,7 @@ from zoo.bounds.residual import LinearMap, adjoint_kernel, adjoint_residual_boun
 __all__ = [
     "RELATIVE_MARGIN",
     "LinearMap",
+    "adaptive_average_pool_bound",
     "adjoint_kernel",
     "adjoint_residual_bound",
     "conv_bound",
@@ -27,4 +31,5 @@ __all__ = [
     "empirical_lipschitz",
     "gram_iteration_bound",
     "matrix_norm_bound",
+    "sparse_matrix_norm_bound",
 ]
