@@ -358,13 +358,14 @@ def _product(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Val
     if node.op_type == "Div" and isinstance(b, Signal):
         raise UnsupportedOpError("a division by an input-dependent tensor is not Lipschitz")
     data, constant = (a, b) if isinstance(a, Signal) else (b, a)
-    factors = np.abs(constant.astype(np.float64))
-    with np.errstate(divide="ignore"):
-        factor = float(np.max(1.0 / factors if node.op_type == "Div" else factors, initial=0.0))
-    if not math.isfinite(factor):
+    factors = constant.astype(np.float64)
+    if node.op_type == "Div":
+        with np.errstate(divide="ignore"):
+            factors = 1.0 / factors
+    if not np.all(np.isfinite(factors)):
         raise UnsupportedOpError("it divides by zero")
-    data = walk.tracker.broadcast(data, walk.shape(node.output[0]))
-    return [walk.tracker.elementwise(data, factor, alike=constant.size == 1)]
+    shape = walk.shape(node.output[0])
+    return [walk.tracker.scaled(walk.tracker.broadcast(data, shape), factors, shape)]
 
 
 def _scaled_squares(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:

@@ -50,10 +50,13 @@ Batch
     ``batch_axis``, and only ops that move values may read it until the axis is first again.
 
 Nonnegative combinations
-    A sum or mean over some axes of a signal with copies (overlapping pooling windows) is the
-    nonnegative matrix ``M`` from the source values to the outputs: ``|sum_e w_e d_e| <= sum_e w_e
-    |d_e|`` with ``|d_e|`` at most the difference of the source value of entry ``e``, so the output
-    moves by at most ``||M|| L_S`` (:meth:`Tracker.combined`), exact where counting copies is not.
+    A sum or mean over some axes of a signal with copies (overlapping pooling windows) is bounded by
+    a *majorant*: a nonnegative matrix ``M`` from the source values to the outputs with ``|out_p(x) -
+    out_p(y)| <= sum_s M_ps |s(x) - s(y)|`` (``|sum_e w_e d_e| <= sum_e |w_e| |d_e|``), so the output
+    moves by at most ``sum_S ||M_S|| L_S`` (:meth:`Tracker.reduced`), exact where counting copies is
+    not. The majorant is recorded and carried on through sums and differences (:meth:`Tracker.summed`)
+    and scalings by constants (:meth:`Tracker.scaled`): torch.onnx spells an adaptive pool with uneven
+    windows as masked sums divided by the window sizes, which thus gets the exact norm too.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import sparse
 
 from zoo.bounds import LinearMap, adjoint_residual_bound, conv_bound, sparse_matrix_norm_bound
 from zoo.certificate import LayerBound
@@ -194,6 +198,7 @@ class Tracker:
         self._relus: dict[int, tuple[Signal, Signal]] = {}
         self._means: dict[int, tuple[Signal, Signal]] = {}
         self._sigmoids: dict[int, tuple[Signal, Signal]] = {}
+        self._majorants: dict[int, tuple[Signal, sparse.csr_matrix]] = {}
 
     def source(self, shape: Sequence[int], bound: float) -> Signal:
         """A new source of ``shape`` (batch first) whose bound with respect to the graph input is
@@ -285,37 +290,83 @@ class Tracker:
             self._linear[id(output)] = (output, signal, layer)
         return output
 
+    def _majorant(self, signal: Signal) -> sparse.csr_matrix:
+        """The recorded majorant of ``signal`` (see Nonnegative combinations), else its own: entry
+        ``p`` of example 0 (flattened) moves by at most the move of the source value it holds."""
+        recorded = self._majorants.get(id(signal))
+        if recorded is not None:
+            widened = recorded[1].copy()  # sources made since then are new columns
+            widened.resize((widened.shape[0], self._size))
+            return widened
+        example = signal.index.reshape(self.batch, -1)[0]
+        positions = np.flatnonzero(example >= 0)
+        weights = np.ones(len(positions))
+        return sparse.csr_matrix((weights, (positions, example[positions])), shape=(example.size, self._size))
+
+    def _majorant_bound(self, majorant: sparse.csr_matrix) -> float:
+        """``sum_S ||M_S|| L_S`` over the sources ``S`` of the majorant's columns."""
+        majorant = majorant.tocoo()
+        owners = self._owners(majorant.col)
+        total = 0.0
+        for owner in np.unique(owners):
+            mine = owners == owner
+            columns = majorant.col[mine] - self._starts[owner]
+            shape = (majorant.shape[0], self._example_sizes[owner])
+            total += (
+                sparse_matrix_norm_bound(majorant.row[mine], columns, majorant.data[mine], shape)
+                * (self._bounds[owner])
+            )
+        return total
+
+    def _combined(self, shape: Sequence[int], bound: float, majorant: sparse.csr_matrix) -> Signal:
+        """A source of ``shape`` bounded by the smaller of ``bound`` and the majorant's, which is
+        recorded for the ops that combine it further."""
+        output = self.source(shape, min(bound, self._majorant_bound(majorant)))
+        self._majorants[id(output)] = (output, majorant)
+        return output
+
+    def _copies(self, majorant: sparse.csr_matrix) -> bool:
+        """Whether a source value reaches more than one entry (else counting copies is exact)."""
+        return majorant.nnz > len(np.unique(majorant.tocoo().col))
+
     def reduced(self, signal: Signal, axes: Sequence[int], shape: Sequence[int], mean: bool) -> Signal:
         """The sum (or the mean) of ``signal`` over ``axes`` (not the batch axis), of ``shape``.
 
         Disjoint groups of ``n`` entries: ``|sum| <= sqrt(n) ||group||`` and ``|mean| <=
-        ||group|| / sqrt(n)``, with the signal's bound counting its copies; when a source value is
-        copied into one example's entries more than once (overlapping windows), the norm of the
-        nonnegative matrix from source values to outputs is used too (see the module docstring) and
-        the smaller bound kept. A mean that keeps its axes (size 1) is recorded for :meth:`centered`.
+        ||group|| / sqrt(n)``, with the signal's bound counting its copies; when a source value
+        reaches several entries (overlapping windows) or the signal has a recorded majorant, the
+        majorant's bound is used too (Nonnegative combinations). A mean that keeps its axes (size 1)
+        is recorded for :meth:`centered`.
         """
         count = math.prod(signal.shape[a] for a in axes)
         weight = 1 / count if mean else 1.0
         bound = weight * math.sqrt(count) * self.bound(signal)
-        rows = np.moveaxis(signal.index, list(axes), list(range(-len(axes), 0))).reshape(-1, count)
-        example = rows[: len(rows) // self.batch]  # the batch axis is first: example 0's outputs
-        outputs, position = np.nonzero(example >= 0)
-        ids = example[outputs, position]
-        if len(np.unique(ids)) < len(ids):
-            owners = self._owners(ids)
-            combined = 0.0
-            for owner in np.unique(owners):
-                mine = owners == owner
-                matrix_shape = (len(example), self._example_sizes[owner])
-                weights = np.full(int(mine.sum()), weight)
-                columns = ids[mine] - self._starts[owner]
-                norm = sparse_matrix_norm_bound(outputs[mine], columns, weights, matrix_shape)
-                combined += norm * self._bounds[owner]
-            bound = min(bound, combined)
-        output = self.source(shape, bound)
+        majorant = self._majorant(signal)
+        if id(signal) in self._majorants or self._copies(majorant):
+            # example 0's entries, grouped by output: row o lists the positions summed into output o
+            positions = np.arange(majorant.shape[0]).reshape(signal.shape[1:])
+            groups = np.moveaxis(positions, [a - 1 for a in axes], list(range(-len(axes), 0)))
+            groups = groups.reshape(-1, count)
+            outputs = np.repeat(np.arange(len(groups)), count)
+            weights = np.full(groups.size, weight)
+            summing = sparse.csr_matrix((weights, (outputs, groups.ravel())), (len(groups), positions.size))
+            output = self._combined(shape, bound, summing @ majorant)
+        else:
+            output = self.source(shape, bound)
         if mean and len(output.shape) == len(signal.shape):
             self._means[id(output)] = (output, signal)
         return output
+
+    def scaled(self, signal: Signal, factors: np.ndarray, shape: Sequence[int]) -> Signal:
+        """``signal`` (already of ``shape``) times constants ``factors`` (broadcast to ``shape``):
+        max |factors|-Lipschitz, entry by entry; with a recorded majorant, its rows are scaled too."""
+        alike = np.size(factors) == 1
+        factors = np.abs(np.broadcast_to(np.asarray(factors, dtype=np.float64), tuple(shape)))
+        output = self.elementwise(signal, float(np.max(factors, initial=0.0)), alike)
+        if id(signal) not in self._majorants:
+            return output
+        rows = sparse.diags(factors.reshape(self.batch, -1)[0])
+        return self._combined(shape, self.bound(output), rows @ self._majorant(signal))
 
     def centered(self, x: Signal, mean: Signal, shape: Sequence[int]) -> Signal | None:
         """``x - mean`` (of ``shape``) when ``mean`` is a recorded mean of this very ``x``: subtracting
@@ -366,6 +417,9 @@ class Tracker:
                 gain = self.adjoint_residual_gain(x, branch)
                 if gain is not None:
                     bound = min(bound, gain * self.bound(x))
+        majorant = sum(self._majorant(term) for term in terms)
+        if any(id(term) in self._majorants for term in terms) or self._copies(majorant):
+            return self._combined(terms[0].shape, bound, majorant)
         return self.source(terms[0].shape, bound)
 
     def adjoint_residual_gain(self, x: Signal, branch: Signal) -> float | None:

@@ -221,6 +221,11 @@ CASES: dict[str, Case] = {
         (2, 7, 5),
         lip=1.128,  # adaptive windows overlap: the norm of this geometry is 1.1276
     ),
+    "scaled_adaptive_avg_pool_uneven": Case(
+        *same_arguments(ScaledAdaptiveAvgPool2d, ScaledAdaptiveAvgPool2d, 3),
+        (2, 5, 4),
+        lip=1.125,  # windows of 2 and 3 columns: the norm of this geometry is 1.1245
+    ),
     "scaled_l2_pool": Case(*same_arguments(ScaledL2NormPool2d, ScaledL2NormPool2d, 2), (2, 6, 6)),
     "scaled_l2_pool_overlapping": Case(
         *same_arguments(ScaledL2NormPool2d, ScaledL2NormPool2d, 3, stride=2, padding=1),

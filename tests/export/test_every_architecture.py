@@ -87,9 +87,10 @@ def test_every_layer_exports_and_verifies(name, suffix, tmp_path):
     path = WRITERS[suffix](layer, certificate, tmp_path / f"layer{suffix}")
     report = verify_artifact(path)
     assert report.ok, report.problems
-    # equal up to the margin: a few layers are bounded with one margin fewer from the file
+    # equal up to the margin: a few layers are bounded with one margin fewer from the file, and a
+    # constant the file stores in float32 (a pool's scale traced by TorchScript) rounds by < 6e-8
     expected = certificate.lipschitz_bound
-    assert expected * (1 - 3e-6) <= report.lipschitz_bound <= expected * (1 + 1e-9)
+    assert expected * (1 - 3e-6) <= report.lipschitz_bound <= expected * (1 + 6e-8)
 
 
 @TORCHSCRIPT_IS_DEPRECATED
