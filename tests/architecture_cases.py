@@ -17,5 +17,7 @@ VARIANTS = [
         for family in ("aol", "orthogonal", "frobenius")
     ],
     ("lipconv", "householder", {**SMALL["lipconv"], "activation": "householder"}),
+    ("lipconv", "orthogonal-init", {**SMALL["lipconv"], "init": "orthogonal", "bjorck_tol": 1e-3}),
+    ("lipmlp", "orthogonal-init", {**SMALL["lipmlp"], "init": "orthogonal", "bjorck_tol": 1e-3}),
     ("lipresnet", "convex", {**SMALL["lipresnet"], "block": "convex"}),
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from architecture_cases import SHAPES, SMALL, VARIANTS
+from torch.nn.utils import parametrize
 
 from zoo.bounds import empirical_lipschitz
 from zoo.certify import network_bound
@@ -65,6 +66,25 @@ def test_default_architecture_builds_in_both_modes_with_the_same_keys(name, shap
     assert plain(torch.rand(2, *shape)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("name", ["lipconv", "lipmlp"])
+def test_orthogonal_init_makes_each_raw_weight_orthogonal_and_bjorck_options_reach_the_layers(name):
+    torch.manual_seed(0)
+    options = {**SMALL[name], "init": "orthogonal", "bjorck_iters": 7, "bjorck_tol": 1e-3}
+    model = build(name, input_shape=(1, 8, 8), num_classes=10, **options)
+    constrained = [m for m in model.modules() if parametrize.is_parametrized(m, "weight")]
+    assert len(constrained) == len(SMALL[name].get("widths", ())) + len(SMALL[name].get("dense", ())) + 1
+    for module in constrained:
+        raw = module.parametrizations.weight.original.detach().flatten(1).double()
+        gram = raw @ raw.T if raw.shape[0] <= raw.shape[1] else raw.T @ raw
+        torch.testing.assert_close(gram, torch.eye(len(gram), dtype=torch.float64), atol=1e-5, rtol=0)
+        spectral = module.parametrizations.weight[0]
+        assert (spectral.bjorck_iters, spectral.bjorck_tol) == (7, 1e-3)
+    default = build(name, input_shape=(1, 8, 8), num_classes=10, **SMALL[name])
+    raw = next(m for m in default.modules() if parametrize.is_parametrized(m, "weight"))
+    raw = raw.parametrizations.weight.original.detach().flatten(1)
+    assert not torch.allclose(raw @ raw.T, torch.eye(len(raw)), atol=1e-2)  # torch's init is not
+
+
 def test_unknown_options_and_choices_are_errors():
     with pytest.raises(ValueError, match="no option 'depth'"):
         check_options("lipconv", {"depth": 3})
@@ -72,3 +92,5 @@ def test_unknown_options_and_choices_are_errors():
         build("lipconv", input_shape=(1, 8, 8), num_classes=10, family="cayley")
     with pytest.raises(ValueError, match="unknown block"):
         build("lipresnet", input_shape=(1, 8, 8), num_classes=10, block="dense")
+    with pytest.raises(ValueError, match="unknown init 'xavier'; known: torch, orthogonal"):
+        build("lipmlp", input_shape=(1, 8, 8), num_classes=10, init="xavier")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from zoo.layers import ScaledAvgPool2d
-from zoo.models.common import constrain, make_activation
+from zoo.models.common import layer_constraint, make_activation
 
 
 def lipconv(
@@ -19,7 +19,9 @@ def lipconv(
     dense: Sequence[int] = (128,),
     activation: str = "groupsort2",
     family: str = "spectral",
+    init: str = "torch",
     bjorck_iters: int = 15,
+    bjorck_tol: float | None = None,
 ) -> nn.Sequential:
     """Conv stages of 3x3 convolutions (zero padding 1) each followed by ``activation``; from the
     second stage on each stage ends with a 2x2 ScaledAvgPool2d; then Flatten, dense layers, logits.
@@ -33,15 +35,14 @@ def lipconv(
         activation: 'groupsort2', 'maxmin', 'abs' or 'householder'.
         family: constraint of every conv and dense layer: 'spectral' (spectral normalisation +
             Bjorck), 'aol', 'orthogonal' or 'frobenius'.
+        init: 'torch' (the layers' own initialisation) or 'orthogonal' (see ``constrain``).
         bjorck_iters: Bjorck iterations of the 'spectral' family (ignored by the others).
+        bjorck_tol: stop Bjorck early at this distance to orthonormal ('spectral' family; None: never).
 
     Shape: (N, *input_shape) -> (N, num_classes).
     """
     channels, height, width = input_shape
-    options = {"bjorck_iters": bjorck_iters} if family == "spectral" else {}
-
-    def constrained(layer: nn.Module) -> nn.Module:
-        return constrain(layer, family, parametrized, **options)
+    constrained = layer_constraint(family, parametrized, init, bjorck_iters, bjorck_tol)
 
     layers: list[nn.Module] = []
     for stage, out_channels in enumerate(widths):
