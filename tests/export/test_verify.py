@@ -40,6 +40,7 @@ from export.writers import CERTIFICATE_KEY, write_onnx, write_pt2, write_torchsc
 from zoo.certify import certify
 from zoo.cli import app
 from zoo.hub import CertifiedModel
+from zoo.hub import load as zoo_load
 from zoo.models import build
 
 INPUT_SHAPE = (1, 8, 8)
@@ -219,6 +220,28 @@ def test_export_model_verifies_what_it_wrote(tiny_artifact, tmp_path):
     forged = CertifiedModel(certified.model, type(certified.certificate).from_dict(data), {})
     with pytest.raises(ExportError, match="above"):
         export_model(forged, tmp_path / "forged", torchscript=False)
+
+
+class _ShiftedSession:
+    """An onnxruntime session whose outputs are moved by ``shift``: a runtime that disagrees."""
+
+    def __init__(self, session: ort.InferenceSession, shift: float) -> None:
+        self.session, self.shift = session, shift
+
+    def run(self, names, feeds):
+        return [output + self.shift for output in self.session.run(names, feeds)]
+
+
+def test_export_fails_when_the_runtime_disagrees_with_pytorch(short_run, tmp_path, monkeypatch):
+    import export.pipeline
+
+    opened = export.pipeline.onnx_session
+    monkeypatch.setattr(export.pipeline, "onnx_session", lambda *a: _ShiftedSession(opened(*a), 1e-3))
+    certified = zoo_load(short_run.checkpoint)
+    with pytest.raises(ExportError, match=r"onnx outputs differ from PyTorch's by 0\.001 \(> 1e-05\)"):
+        export_model(certified, tmp_path / "direct", torchscript=False)
+    result = CliRunner().invoke(app, ["export", str(short_run.checkpoint), "--onnx", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "outputs differ from PyTorch's" in " ".join(result.stderr.split())
 
 
 # --- a model made outside the zoo ---------------------------------------------------------------
