@@ -48,6 +48,7 @@ from export.propagation import (
     UnsupportedOpError,
     VerificationError,
     average_pool_gain,
+    norm_gain,
     window_coverage,
     window_spread,
 )
@@ -600,18 +601,22 @@ def _window_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list
     )
     gain = math.sqrt(coverage)
     if node.op_type == "LpPool":
-        p = attributes.get("p", 2)
-        if p < 1:
-            raise UnsupportedOpError(f"p={p} is not a norm")
-        gain *= math.prod(kernel) ** max(0.0, 1 / p - 1 / 2)
+        gain *= norm_gain(attributes.get("p", 2), math.prod(kernel))
     outputs: list[Value] = [walk.tracker.transformed(x, gain, out_shape)]
     if len(node.output) > 1:
         outputs.append(NotLipschitz(f"the indices output of MaxPool node {node.name!r}"))
     return outputs
 
 
-_EXTREMA = ("ReduceMax", "ReduceMin", "GlobalMaxPool")
-"""Reductions to one value of each group: ``|max|``, ``|min|`` (in differences) ``<= ||group||``."""
+_GROUP_GAINS: dict[str, Callable[[int, dict[str, Any]], float]] = {
+    **dict.fromkeys(("ReduceMax", "ReduceMin", "GlobalMaxPool"), lambda n, _: 1.0),
+    "ReduceLogSumExp": lambda n, _: 1.0,  # its gradient is a softmax: L2 norm <= L1 norm = 1
+    "ReduceL2": lambda n, _: norm_gain(2, n),
+    "ReduceL1": lambda n, _: norm_gain(1, n),
+    "GlobalLpPool": lambda n, attributes: norm_gain(attributes.get("p", 2), n),
+}
+"""Reductions of each group of ``n`` values to one, by (n, attributes) -> Lipschitz constant of one
+group's map: ``|max|``, ``|min|`` (in differences) ``<= ||group||``, p-norms see ``norm_gain``."""
 
 
 _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {
@@ -623,8 +628,8 @@ _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {
 
 def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Reductions over axes (never the batch axis) combine disjoint groups of n values: sums and
-    means are bounded by Tracker.reduced (copies included), |max|, |min| <= ||group|| (in
-    differences); a sum / mean of squares is a nonnegative map with column sums 1 / (1 / n)."""
+    means are bounded by Tracker.reduced (copies included), the others by their groups' constant
+    (``_GROUP_GAINS``); a sum / mean of squares is a nonnegative map with column sums 1 / (1 / n)."""
     x, attributes = _data(inputs, squares=node.op_type in _SQUARES_SPREADS), _attributes(node)
     rank = len(x.shape)
     if node.op_type.startswith("Global"):
@@ -641,8 +646,8 @@ def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
     if isinstance(x, Squares):
         return [x.combined(_SQUARES_SPREADS[node.op_type](count), walk.shape(node.output[0]))]
     shape = walk.shape(node.output[0])
-    if node.op_type in _EXTREMA:
-        return [walk.tracker.transformed(x, 1.0, shape)]
+    if node.op_type in _GROUP_GAINS:
+        return [walk.tracker.transformed(x, _GROUP_GAINS[node.op_type](count, attributes), shape)]
     return [walk.tracker.reduced(x, axes, shape, mean=node.op_type != "ReduceSum")]
 
 
@@ -663,7 +668,7 @@ RULES: dict[str, Rule] = {
     "MatMul": _matmul,
     "AveragePool": _average_pool,
     **dict.fromkeys(("MaxPool", "LpPool"), _window_pool),
-    **dict.fromkeys((*_SQUARES_SPREADS, *_EXTREMA), _reduce),
+    **dict.fromkeys((*_SQUARES_SPREADS, *_GROUP_GAINS), _reduce),
 }
 """ONNX op type (default domain) -> rule computing the values of the node's outputs."""
 

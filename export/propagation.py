@@ -502,6 +502,17 @@ def window_coverage(size: int, out_size: int, kernel: int, stride: int, dilation
     return int(np.bincount(taps, minlength=size).max()) if taps.size else 0
 
 
+def norm_gain(p: float, count: int) -> float:
+    """Lipschitz constant, with respect to the L2 norm, of the p-norm of ``count`` values.
+
+    ``| ||a||_p - ||b||_p | <= ||a - b||_p``, and ``||v||_p <= ||v||_2`` for ``p >= 2`` (``inf``
+    included), ``<= count^(1/p - 1/2) ||v||_2`` for ``1 <= p < 2`` (Hoelder). Below 1 it is no norm.
+    """
+    if not p >= 1:
+        raise UnsupportedOpError(f"p={p} is not a norm")
+    return count ** max(0.0, 1 / p - 1 / 2)
+
+
 def window_spread(
     size: Sequence[int],
     out_size: Sequence[int],

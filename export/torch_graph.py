@@ -43,6 +43,7 @@ from export.propagation import (
     UnsupportedOpError,
     VerificationError,
     average_pool_gain,
+    norm_gain,
     window_coverage,
     window_spread,
 )
@@ -615,17 +616,28 @@ def _max_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     return tracked, _Tracked(outputs[1], outputs[1].dtype, None, "the indices of aten.max_pool")
 
 
-_EXTREMA = ("amax", "amin")
-"""Reductions to one value of each group: ``|max|``, ``|min|`` (in differences) ``<= ||group||``."""
+def _norm_order(a: dict[str, Any]) -> float:
+    """The ``ord`` of linalg_vector_norm, the ``p`` of norm (2 when not given)."""
+    order = a.get("ord", a.get("p"))
+    return 2.0 if order is None else float(order)
+
+
+_GROUP_GAINS: dict[str, Callable[[int, dict[str, Any]], float]] = {
+    **dict.fromkeys(("amax", "amin"), lambda n, a: 1.0),
+    "logsumexp": lambda n, a: 1.0,  # its gradient is a softmax: L2 norm <= L1 norm = 1
+    **dict.fromkeys(("linalg_vector_norm", "norm"), lambda n, a: norm_gain(_norm_order(a), n)),
+}
+"""Reductions of each group of ``n`` values to one, by (n, arguments) -> Lipschitz constant of one
+group's map: ``|max|``, ``|min|`` (in differences) ``<= ||group||``, p-norms see ``norm_gain``."""
 
 
 _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {"mean": lambda n: 1 / n, "sum": lambda n: 1.0}
 
 
 def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
-    """mean / sum / amax / amin over dims (never the batch axis) combine disjoint groups of n values:
-    sums and means are bounded by Tracker.reduced (copies included), |max|, |min| <= ||group|| (in
-    differences)."""
+    """mean / sum / amax / amin / logsumexp / norms over dims (never the batch axis) combine
+    disjoint groups of n values: sums and means are bounded by Tracker.reduced (copies included),
+    the others by their groups' constant (``_GROUP_GAINS``)."""
     x = a["self"]
     dims = a.get("dim") or list(range(x.dim()))
     dims = [d % x.dim() for d in ([dims] if isinstance(dims, int) else dims)]
@@ -634,8 +646,9 @@ def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     count, shape = math.prod(x.shape[d] for d in dims), run.shadow(func, a).shape
     if x.squares is not None:
         return run.wrap_squares(x.squares.combined(_SQUARES_SPREADS[_op_name(func)](count), shape), x.dtype)
-    if _op_name(func) in _EXTREMA:
-        return run.wrap(run.tracker.transformed(_signal(x), 1.0, shape), x.dtype)
+    if _op_name(func) in _GROUP_GAINS:
+        gain = _GROUP_GAINS[_op_name(func)](count, a)
+        return run.wrap(run.tracker.transformed(_signal(x), gain, shape), x.dtype)
     return run.wrap(run.tracker.reduced(_signal(x), dims, shape, mean=_op_name(func) == "mean"), x.dtype)
 
 
@@ -670,7 +683,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(
         ("max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices"), _max_pool
     ),
-    **dict.fromkeys((*_SQUARES_SPREADS, *_EXTREMA), _reduce),
+    **dict.fromkeys((*_SQUARES_SPREADS, *_GROUP_GAINS), _reduce),
     **dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit_no_training"), _batch_norm),
     **dict.fromkeys(("pow", "sqrt"), _power),
 }

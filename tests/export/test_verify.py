@@ -670,6 +670,17 @@ NONLINEAR_GRAPHS |= {
         (3, 4),
         1.0,
     ),
+    "global lp pools p=1 and p=3, reduce l2 over channels": (
+        [
+            _node("GlobalLpPool", ["x"], "one", p=1),
+            _node("GlobalLpPool", ["x"], "three", p=3),
+            _node("Concat", ["one", "three"], "c", axis=1),
+            _node("ReduceL2", ["c", "axes"], keepdims=1),
+        ],
+        {"axes": np.array([1])},
+        (2, 3, 3),
+        math.sqrt(9 + 1),  # the p=1 pool of 9 pixels moves by up to 3 ||dx||, the p=3 pool by ||dx||
+    ),
     "sort with k read from the shape": (
         [
             _node("Shape", ["x"], "s"),
@@ -736,6 +747,51 @@ def test_activations_get_their_constant_from_onnx_and_programs(name, tmp_path):
         program_bound(exported.module(), (4,), batch=2, dtype=torch.float32).lipschitz_bound,
     ]
     assert bounds == pytest.approx([constant] * 3, rel=1e-5)
+
+
+class _Reduction(nn.Module):
+    def __init__(self, reduce) -> None:
+        super().__init__()
+        self.reduce = reduce
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduce(x)
+
+
+# Reductions of the last axis (4 values) of (3, 4) examples: (map, its Lipschitz constant, whether
+# torch.onnx spells it with ops that have a rule: a p-norm with p other than 1, 2, inf becomes Pow)
+REDUCTIONS = {
+    "l1 norm": (lambda x: torch.linalg.vector_norm(x, ord=1, dim=2), 2.0, True),
+    "l2 norm": (lambda x: torch.linalg.vector_norm(x, dim=2), 1.0, True),
+    "max norm": (lambda x: torch.linalg.vector_norm(x, ord=math.inf, dim=2), 1.0, True),
+    "1.5 norm": (lambda x: torch.norm(x, p=1.5, dim=2), 4 ** (1 / 1.5 - 1 / 2), False),
+    "logsumexp": (lambda x: torch.logsumexp(x, dim=2), 1.0, True),
+    "amin": (lambda x: x.amin(dim=2), 1.0, True),
+}
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+def test_norm_and_extremum_reductions_get_their_constant_from_onnx_and_programs(name):
+    reduce, constant, in_onnx = REDUCTIONS[name]
+    net = _Reduction(reduce).eval()
+    example, batch = (torch.zeros(2, 3, 4),), ({0: torch.export.Dim("batch")},)
+    exported = torch.export.export(net, example, dynamic_shapes=batch)
+    bounds = [
+        program_bound(net, (3, 4), batch=2, dtype=torch.float32).lipschitz_bound,
+        program_bound(exported.module(), (3, 4), batch=2, dtype=torch.float32).lipschitz_bound,
+    ]
+    assert bounds == pytest.approx([constant] * 2, rel=1e-12)
+    program = torch.onnx.export(net, example, dynamo=True, dynamic_shapes=batch, verbose=False)
+    if in_onnx:
+        assert graph_bound(program.model_proto).lipschitz_bound == pytest.approx(constant, rel=1e-12)
+    else:
+        with pytest.raises(UnsupportedOpError, match="Pow node"):
+            graph_bound(program.model_proto)
+    x = torch.randn(256, 3, 4, dtype=torch.float64)
+    y = x + 0.1 * torch.randn_like(x)
+    with torch.no_grad():
+        quotients = (net(x) - net(y)).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
+    assert float(quotients.max()) <= constant * (1 + 1e-9)
 
 
 def test_a_product_with_the_sigmoid_of_another_tensor_is_refused():
