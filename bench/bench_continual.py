@@ -1,7 +1,7 @@
 """Benchmark of the continual-learning strategies on class-incremental split digits. Prints tables;
 not a test.
 
-Run: ``.venv/bin/python -m bench.bench_continual [--epochs 8] [--seeds 0 1 2] [--only ar1 er]``
+Run: ``zoo bench continual [--epochs 8] [--seeds 0 1 2] [--only ar1 er]``
 
 Every strategy trains the same small 1-Lipschitz lipconv (widths 8/16/32, dense 64) on scikit-learn's
 digits split into 5 experiences of 2 classes, ``--epochs`` epochs per experience, with each seed;

@@ -1,6 +1,6 @@
 """Benchmark of ``zoo.bounds.conv_bound``: tightness and speed. Prints tables; not a test.
 
-Run: ``python bench/bench_conv_bounds.py``
+Run: ``zoo bench conv_bounds``
 
 1. Tightness: bound / exact on small layers, where the exact norm is the largest singular value of
    the dense operator (``conv_operator_matrix`` + ``svdvals`` in float64).
@@ -13,6 +13,7 @@ Run: ``python bench/bench_conv_bounds.py``
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 
@@ -129,5 +130,6 @@ def speed_table() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, and no options
     tightness_table()
     speed_table()

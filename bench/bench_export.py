@@ -11,7 +11,7 @@ to onnx plain (the cost of the exported graph within one runtime). The goal is t
 folded / plain = 1 and onnx / onnx plain = 1. The last column is the time ``zoo verify`` takes to
 recompute the bound from the ONNX file alone (once per model).
 
-    python bench/bench_export.py [--repeats 50]
+    zoo bench export [--repeats 50]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training-step time of each 1-Lipschitz layer family, relative to plain torch layers of the same shape.
 
-    PYTHONPATH=. python bench/bench_layers.py [--steps 10] [--threads 2]
+    zoo bench layers [--steps 10] [--threads 2]
 
 One training step is forward, backward (loss: mean of the squared outputs) and an Adam step (lr
 1e-3: every weight moves as in training, so iterative normalisations that stop early cannot ride on

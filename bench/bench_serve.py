@@ -1,6 +1,6 @@
 """Load test of ``zoo serve`` on loopback: throughput and latency with dynamic batching off and on.
 
-Run: ``python bench/bench_serve.py [SOURCE] [--clients 16] [--seconds 5] [--examples 1]``
+Run: ``zoo bench serve [SOURCE] [--clients 16] [--seconds 5] [--examples 1]``
 
 For each server configuration in :data:`CONFIGURATIONS`, one after the other, a real ``zoo serve``
 subprocess is started on a free loopback port, warmed up, then ``--clients`` concurrent clients

@@ -6,8 +6,8 @@ plain fine-tuning, each regularizer of ``lipconv_xs.digits_transfer_*``, and tra
 for reference. Every run ends like ``zoo train``: folded, certified from the folded weights, and
 evaluated on all test images of digits 5-9 (clean accuracy, certified accuracy at ``--eps``).
 
-    python bench/bench_transfer.py                     # prints a Markdown table for the README
-    python bench/bench_transfer.py --seeds 1 --methods finetune l2sp
+    zoo bench transfer                     # prints a Markdown table for the README
+    zoo bench transfer --seeds 1 --methods finetune l2sp
 
 Schedules are short (``--epochs-scarce`` / ``--epochs-full``) so the whole run fits in minutes on a
 CPU; intra-op threads default to 1 (small tensors gain nothing from more, and a shared machine loses).

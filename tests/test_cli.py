@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 from typer.testing import CliRunner
 
 import zoo
+from zoo.benches import BenchmarkNotFoundError, find_benchmarks
 from zoo.cli import app
 
 runner = CliRunner()
@@ -66,3 +69,31 @@ def test_errors_are_one_clear_line_and_a_non_zero_exit(tmp_path):
     if not torch.cuda.is_available():
         result = invoke("train", "lipconv_s.digits_hkr", "--device", "cuda", "--out", str(tmp_path))
         assert result.exit_code == 1 and "CUDA is not available" in result.stderr
+
+
+def test_bench_lists_the_scripts_of_bench_and_runs_one_with_its_arguments(capfd):
+    scripts = sorted(
+        p.stem.removeprefix("bench_") for p in (Path(__file__).parent.parent / "bench").glob("bench_*.py")
+    )
+    result = invoke("bench")
+    assert result.exit_code == 0, result.output
+    listed = [line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│ ")]
+    assert [name for name in listed if name] == scripts
+    assert "Training-step time of each 1-Lipschitz layer family" in " ".join(result.output.split())
+    capfd.readouterr()
+
+    result = invoke("bench", "conv_bounds", "--", "--help")  # the script's own help, through argparse
+    assert result.exit_code == 0
+    assert "usage: bench_conv_bounds.py" in capfd.readouterr().out
+    result = invoke("bench", "conv_bounds", "--bogus")  # the script's exit code is the command's
+    assert result.exit_code == 2
+    assert "unrecognized arguments: --bogus" in capfd.readouterr().err
+
+    result = invoke("bench", "nope")
+    assert result.exit_code == 1
+    assert f"no benchmark 'nope'; known: {', '.join(scripts)}" in " ".join(result.stderr.split())
+
+
+def test_bench_outside_a_source_checkout_says_so(tmp_path):
+    with pytest.raises(BenchmarkNotFoundError, match="runs the scripts of a source checkout"):
+        find_benchmarks(tmp_path / "bench")

@@ -294,6 +294,31 @@ def report(
     console.print(f"model card: {card}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    context: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="benchmark to run (bench/bench_NAME.py)")] = None,
+) -> None:
+    """Run a benchmark script of bench/, or list them without NAME.
+
+    The arguments after NAME go to the script (``zoo bench layers --steps 5``; its own help:
+    ``zoo bench layers -- --help``). The scripts print measured ratios side by side (against the
+    plain network, exact computations or the peers); they need a source checkout of the repository."""
+    from zoo.benches import describe, find_benchmarks, run_benchmark
+
+    with _user_errors():
+        if name is None:
+            table = Table(title="benchmarks (their options: zoo bench NAME -- --help)")
+            table.add_column("name")
+            table.add_column("measures")
+            for benchmark, script in find_benchmarks().items():
+                table.add_row(benchmark, describe(script))
+            console.print(table)
+            return
+        code = run_benchmark(name, context.args)
+    raise typer.Exit(code)
+
+
 @app.command()
 def serve(
     source: Annotated[str, typer.Argument(help="a zoo .onnx file, a checkpoint path or a model name")],
