@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from export.runtime import onnx_session
-from export.triton import write_triton_repository
+from export.triton import check_triton_options, write_triton_repository
 from export.verify import VerificationError, verify_artifact
 from export.writers import (
     read_onnx_certificate,
@@ -82,17 +82,22 @@ def export_model(
     torchscript: bool = True,
     pt2: bool = False,
     triton: bool = False,
+    triton_instances: str = "gpu",
+    triton_max_batch: int = 256,
     stem: str = "model",
 ) -> list[ArtifactCheck]:
     """Write the requested formats of ``certified`` into ``out_dir`` and check each written file.
 
     ``triton`` adds a Triton model repository (``out_dir/triton``) built from the ONNX and
-    TorchScript files after they passed their checks (so it needs at least one of them).
+    TorchScript files after they passed their checks (so it needs at least one of them), its model
+    instances on ``triton_instances`` ('gpu' or 'cpu'), batches of up to ``triton_max_batch``.
     """
     if not (onnx or torchscript or pt2):
         raise ValueError("choose at least one format to export")
     if triton and not (onnx or torchscript):
         raise ValueError("a Triton repository is built from the ONNX or TorchScript export: add one of them")
+    if triton:
+        check_triton_options(triton_instances, triton_max_batch)  # before anything is written
     out_dir = Path(out_dir)
     model, certificate = certified.model.cpu().eval(), certified.certificate
     probe = probe_batch(certificate.input_shape)
@@ -121,7 +126,13 @@ def export_model(
         artifacts = {check.format: check.path for check in checks if check.format in ("onnx", "torchscript")}
         num_classes = int(expected.shape[1])
         for model_dir in write_triton_repository(
-            out_dir / "triton", stem, artifacts, certificate, num_classes
+            out_dir / "triton",
+            stem,
+            artifacts,
+            certificate,
+            num_classes,
+            max_batch_size=triton_max_batch,
+            instances=triton_instances,
         ):
             checks.append(
                 ArtifactCheck("triton", model_dir, 0.0, ["copies of the verified files + config.pbtxt"])

@@ -8,7 +8,8 @@ Layout (one model per format, version 1)::
     <repo>/<name>_torchscript/1/model.pt
 
 ``max_batch_size`` > 0, so ``dims`` exclude the batch dimension; dynamic batching is on and the
-instance group asks for GPUs (``KIND_GPU``; pass ``kind="KIND_CPU"`` for a CPU-only server). The
+instance group asks for GPUs (``instances="gpu"``, ``KIND_GPU``) or CPUs (``"cpu"``, a CPU-only
+server). The
 certificate's bound and weights hash are repeated as model parameters so a client can read them
 from the model configuration; the authoritative certificate stays inside each model file.
 """
@@ -20,7 +21,10 @@ from pathlib import Path
 
 from zoo.certificate import Certificate
 
-__all__ = ["write_triton_repository"]
+__all__ = ["INSTANCE_KINDS", "check_triton_options", "write_triton_repository"]
+
+INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+"""Where Triton runs the model's instances -> the instance group's kind."""
 
 _FORMATS = {
     # format: (directory suffix, file name, platform / backend line, input name, output name)
@@ -80,6 +84,14 @@ parameters {{
 """
 
 
+def check_triton_options(instances: str, max_batch_size: int) -> None:
+    """ValueError naming the option when ``instances`` or ``max_batch_size`` cannot be written."""
+    if instances not in INSTANCE_KINDS:
+        raise ValueError(f"Triton instances run on {' or '.join(INSTANCE_KINDS)}, got {instances!r}")
+    if max_batch_size < 1:
+        raise ValueError(f"the Triton max batch size must be at least 1, got {max_batch_size}")
+
+
 def write_triton_repository(
     repository: str | Path,
     name: str,
@@ -88,14 +100,15 @@ def write_triton_repository(
     num_classes: int,
     *,
     max_batch_size: int = 256,
-    kind: str = "KIND_GPU",
+    instances: str = "gpu",
 ) -> list[Path]:
     """Copy verified ``artifacts`` ({'onnx': path, 'torchscript': path}) into a Triton repository.
 
-    Returns the model directories written.
+    ``max_batch_size`` is the largest batch Triton's dynamic batcher forms; ``instances`` 'gpu' or
+    'cpu' is where the model instances run. Returns the model directories written.
     """
-    if kind not in ("KIND_GPU", "KIND_CPU"):
-        raise ValueError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
+    check_triton_options(instances, max_batch_size)
+    kind = INSTANCE_KINDS[instances]
     unknown = set(artifacts) - set(_FORMATS)
     if unknown or not artifacts:
         raise ValueError(

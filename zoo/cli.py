@@ -211,6 +211,12 @@ def export(
     torchscript: Annotated[bool, typer.Option("--torchscript", help="write model.ts.pt")] = False,
     pt2: Annotated[bool, typer.Option("--pt2", help="write model.pt2 (torch.export)")] = False,
     triton: Annotated[bool, typer.Option("--triton", help="write a Triton model repository")] = False,
+    triton_instances: Annotated[
+        str, typer.Option(help="where Triton runs the model instances: gpu or cpu")
+    ] = "gpu",
+    triton_max_batch: Annotated[
+        int, typer.Option(min=1, help="largest batch Triton's dynamic batcher forms")
+    ] = 256,
 ) -> None:
     """Fold, write the artifacts, then verify what was written; non-zero exit if a check fails."""
     from export.pipeline import ExportError, export_model
@@ -220,7 +226,16 @@ def export(
         raise typer.Exit(2)
     certified = _load_or_exit(source)
     with _user_errors(ExportError):
-        checks = export_model(certified, out, onnx=onnx, torchscript=torchscript, pt2=pt2, triton=triton)
+        checks = export_model(
+            certified,
+            out,
+            onnx=onnx,
+            torchscript=torchscript,
+            pt2=pt2,
+            triton=triton,
+            triton_instances=triton_instances,
+            triton_max_batch=triton_max_batch,
+        )
     table = Table(title=f"export of {source}")
     for column in ("format", "file", "max |diff| vs PyTorch", "checks"):
         table.add_column(column)

@@ -6,10 +6,12 @@ import pytest
 import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from typer.testing import CliRunner
 
 import zoo
 from export.pipeline import export_model
 from export.verify import verify_pt2
+from zoo.cli import app
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +64,20 @@ def test_triton_needs_a_servable_format(short_run, tmp_path):
         export_model(
             zoo.load(short_run.checkpoint), tmp_path, onnx=False, torchscript=False, pt2=True, triton=True
         )
+
+
+def test_triton_options_from_the_command_line(short_run, tmp_path):
+    out = tmp_path / "cpu"
+    command = ["export", str(short_run.checkpoint), "--onnx", "--triton", "--out", str(out)]
+    result = CliRunner().invoke(app, [*command, "--triton-instances", "cpu", "--triton-max-batch", "64"])
+    assert result.exit_code == 0, result.output
+    config = text_format.Parse(
+        (out / "triton" / "model_onnx" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert config.max_batch_size == 64
+
+    command[-1] = str(tmp_path / "tpu")
+    result = CliRunner().invoke(app, [*command, "--triton-instances", "tpu"])
+    assert result.exit_code == 1 and "Triton instances run on gpu or cpu, got 'tpu'" in result.stderr
+    assert not (tmp_path / "tpu").exists()  # refused before anything was written
