@@ -42,7 +42,7 @@ value) is the layer's Lipschitz constant. Two methods bound it:
     iteration ranks the frequencies, LAPACK solves the top few, and a Cholesky factorisation of
     ``mu I - G(w)`` with ``mu`` just above that value proves ``G(w) <= mu I`` at every other
     frequency (those where it fails are solved exactly), twice as fast as solving them all (Gram
-    iteration replaces the eigensolver above 2048 channels). The result is the exact norm of the
+    iteration replaces the eigensolver above 8192 channels). The result is the exact norm of the
     circular operator; it is a bound only through the restriction steps above.
 
 ``input_size=None``
