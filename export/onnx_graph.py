@@ -42,6 +42,7 @@ from export.propagation import (
     HARDSWISH_LIPSCHITZ,
     MISH_LIPSCHITZ,
     GraphBound,
+    Progress,
     Signal,
     Squares,
     Tracker,
@@ -771,8 +772,9 @@ def _require_batch_first(values: list[Value], what: str) -> None:
             )
 
 
-def graph_bound(model: onnx.ModelProto) -> GraphBound:
-    """Sound per-example bound of the L2 Lipschitz constant of ``model``'s outputs w.r.t. its input.
+def graph_bound(model: onnx.ModelProto, progress: Progress | None = None) -> GraphBound:
+    """Sound per-example bound of the L2 Lipschitz constant of ``model``'s outputs w.r.t. its input,
+    reporting each node to ``progress`` first.
 
     Raises:
         UnsupportedOpError: an op (or op configuration) without a sound rule, naming the node.
@@ -787,7 +789,9 @@ def graph_bound(model: onnx.ModelProto) -> GraphBound:
     values: dict[str, Value] = {**constants, name: tracker.source((batch, *example), 1.0)}
     uses = Counter(i for node in graph.node for i in node.input) + Counter(o.name for o in graph.output)
     layers = []
-    for node in graph.node:
+    for done, node in enumerate(graph.node):
+        if progress is not None:
+            progress(done, len(graph.node), f"{node.op_type} {_layer_name(node)}")
         inputs = [values[i] if i else None for i in node.input]
         try:
             outputs = _node_outputs(walk, node, inputs)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.propagation import Progress
 from export.runtime import onnx_session
 from export.triton import check_triton_options, write_triton_repository
 from export.verify import VerificationError, verify_artifact
@@ -62,11 +63,11 @@ def _check(
     return ArtifactCheck(fmt, path, diff, notes or [])
 
 
-def _verified(path: Path) -> list[str]:
+def _verified(path: Path, progress: Progress | None) -> list[str]:
     """Recompute the bound of the written file from the file alone; it must satisfy the embedded
     certificate (checked equal to the model's before)."""
     try:
-        report = verify_artifact(path)
+        report = verify_artifact(path, progress)
     except VerificationError as error:
         raise ExportError(f"the written file cannot be verified: {error}") from error
     if not report.ok:
@@ -85,12 +86,14 @@ def export_model(
     triton_instances: str = "gpu",
     triton_max_batch: int = 256,
     stem: str = "model",
+    progress: Progress | None = None,
 ) -> list[ArtifactCheck]:
     """Write the requested formats of ``certified`` into ``out_dir`` and check each written file.
 
     ``triton`` adds a Triton model repository (``out_dir/triton``) built from the ONNX and
     TorchScript files after they passed their checks (so it needs at least one of them), its model
     instances on ``triton_instances`` ('gpu' or 'cpu'), batches of up to ``triton_max_batch``.
+    ``progress`` is told of each op the verification of a written file bounds.
     """
     if not (onnx or torchscript or pt2):
         raise ValueError("choose at least one format to export")
@@ -109,19 +112,23 @@ def export_model(
         _same_certificate(path, read_onnx_certificate(path), certificate)
         session = onnx_session(path, "cpu")
         (logits,) = session.run(["logits"], {"input": probe.numpy()})
-        checks.append(_check("onnx", path, expected, logits, _verified(path)))
+        checks.append(_check("onnx", path, expected, logits, _verified(path, progress)))
     if torchscript:
         path = write_torchscript(model, certificate, out_dir / f"{stem}.ts.pt")
         module, embedded = read_torchscript_certificate(path)
         _same_certificate(path, embedded, certificate)
         with torch.no_grad():
-            checks.append(_check("torchscript", path, expected, module(probe).numpy(), _verified(path)))
+            checks.append(
+                _check("torchscript", path, expected, module(probe).numpy(), _verified(path, progress))
+            )
     if pt2:
         path = write_pt2(model, certificate, out_dir / f"{stem}.pt2")
         program, embedded = read_pt2_certificate(path)
         _same_certificate(path, embedded, certificate)
         with torch.no_grad():
-            checks.append(_check("pt2", path, expected, program.module()(probe).numpy(), _verified(path)))
+            checks.append(
+                _check("pt2", path, expected, program.module()(probe).numpy(), _verified(path, progress))
+            )
     if triton:
         artifacts = {check.format: check.path for check in checks if check.format in ("onnx", "torchscript")}
         num_classes = int(expected.shape[1])

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +81,7 @@ __all__ = [
     "MISH_LIPSCHITZ",
     "SILU_LIPSCHITZ",
     "GraphBound",
+    "Progress",
     "Signal",
     "Squares",
     "Tracker",
@@ -104,6 +105,11 @@ ERF_LIPSCHITZ = 1.12838
 """erf: 2 / sqrt(pi) = 1.1283792 at x = 0."""
 HARDSWISH_LIPSCHITZ = 1.5
 """x relu6(x + 3) / 6: (2 x + 3) / 6 on (-3, 3), 1.5 at x = 3."""
+
+
+Progress = Callable[[int, int | None, str], None]
+"""Called by a verifier before each op: ops done so far, their total (None when it is not known
+before the end, as for a program that is run), and the op's name."""
 
 
 class VerificationError(ValueError):

@@ -37,6 +37,7 @@ from export.propagation import (
     MISH_LIPSCHITZ,
     SILU_LIPSCHITZ,
     GraphBound,
+    Progress,
     Signal,
     Squares,
     Tracker,
@@ -199,8 +200,10 @@ def _is_scalar(value: Any) -> bool:
 class _Run:
     """One run of a program on a tracked input: the tracker, the layers met, the first error."""
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, progress: Progress | None = None) -> None:
         self.tracker = tracker
+        self.progress = progress
+        self.calls = 0
         self.layers: list[LayerBound] = []
         self.error: VerificationError | None = None
         self._tracked: list[weakref.ref[_Tracked]] = []
@@ -229,6 +232,9 @@ class _Run:
 
     def call(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
         name = func.overloadpacket.__name__
+        if self.progress is not None:
+            self.progress(self.calls, None, f"aten.{name}")
+        self.calls += 1
         try:
             leaves = tree_leaves((args, kwargs))
             if any(isinstance(value, _Tracked) and value.squares is not None for value in leaves):
@@ -696,7 +702,11 @@ SQUARES_OPS = frozenset(
 
 
 def program_bound(
-    program: Callable[[torch.Tensor], Any], input_shape: Sequence[int], batch: int, dtype: torch.dtype
+    program: Callable[[torch.Tensor], Any],
+    input_shape: Sequence[int],
+    batch: int,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
 ) -> GraphBound:
     """Sound per-example bound of the L2 Lipschitz constant of ``program``'s outputs w.r.t. its input.
 
@@ -705,13 +715,14 @@ def program_bound(
         input_shape: shape of one input example.
         batch: 2 when the program takes any batch size (so that mixing examples is caught), else 1.
         dtype: dtype of the input.
+        progress: told of each aten op before its rule runs (their total is not known in advance).
 
     Raises:
         UnsupportedOpError: an op (or op configuration) without a sound rule, naming it.
         VerificationError: a program that cannot be bounded (batch axis, a failure on the input).
     """
     tracker = Tracker(batch)
-    run = _Run(tracker)
+    run = _Run(tracker, progress)
     token = _ACTIVE.set(run)
     try:
         with torch.no_grad():

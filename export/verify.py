@@ -38,7 +38,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from export.onnx_graph import graph_bound
-from export.propagation import GraphBound, UnsupportedOpError, VerificationError
+from export.propagation import GraphBound, Progress, UnsupportedOpError, VerificationError
 from export.torch_graph import program_bound
 from export.writers import CERTIFICATE_KEY
 from zoo.certificate import Certificate, LayerBound
@@ -156,9 +156,9 @@ def _report(
     )
 
 
-def verify_onnx(path: str | os.PathLike) -> VerificationReport:
+def verify_onnx(path: str | os.PathLike, progress: Progress | None = None) -> VerificationReport:
     """Recompute the bound of the ONNX file at ``path`` from its graph and initializers and compare
-    it with the certificate in its ``metadata_props``.
+    it with the certificate in its ``metadata_props``; ``progress`` is told of each node.
 
     Raises:
         VerificationError: unreadable or invalid file, malformed certificate, or a graph that cannot
@@ -174,12 +174,13 @@ def verify_onnx(path: str | os.PathLike) -> VerificationReport:
     if len(texts) > 1:
         raise VerificationError(f"{path}: {len(texts)} certificates are embedded, expected one")
     embedded = _parse_certificate(texts[0], path) if texts else None
-    return _report(path, "onnx", embedded, functools.partial(graph_bound, model))
+    return _report(path, "onnx", embedded, functools.partial(graph_bound, model, progress))
 
 
-def verify_torchscript(path: str | os.PathLike) -> VerificationReport:
+def verify_torchscript(path: str | os.PathLike, progress: Progress | None = None) -> VerificationReport:
     """Recompute the bound of the TorchScript file at ``path`` by running its program on a tracked
-    input of the shape its embedded certificate (in ``_extra_files``) states, and compare.
+    input of the shape its embedded certificate (in ``_extra_files``) states, and compare;
+    ``progress`` is told of each aten op.
 
     Raises:
         VerificationError: unreadable file, missing or malformed certificate, or a program that
@@ -200,14 +201,15 @@ def verify_torchscript(path: str | os.PathLike) -> VerificationReport:
         )
     embedded = _parse_certificate(extra[CERTIFICATE_KEY], path)
     compute = functools.partial(
-        program_bound, module.eval(), embedded.input_shape, batch=2, dtype=torch.float32
+        program_bound, module.eval(), embedded.input_shape, batch=2, dtype=torch.float32, progress=progress
     )
     return _report(path, "torchscript", embedded, compute)
 
 
-def verify_pt2(path: str | os.PathLike) -> VerificationReport:
+def verify_pt2(path: str | os.PathLike, progress: Progress | None = None) -> VerificationReport:
     """Recompute the bound of the torch.export file at ``path`` by running its program on a tracked
-    input of the shape its graph records, and compare with the certificate in its ``extra_files``.
+    input of the shape its graph records, and compare with the certificate in its ``extra_files``;
+    ``progress`` is told of each aten op.
 
     Raises:
         VerificationError: as :func:`verify_torchscript`, and for a program with several inputs or
@@ -233,23 +235,25 @@ def verify_pt2(path: str | os.PathLike) -> VerificationReport:
     if not all(isinstance(d, int) for d in shape):
         raise UnsupportedOpError(f"{path}: the input shape {tuple(example.shape)} has dynamic dimensions")
     batch_size = 2 if isinstance(batch, torch.SymInt) else 1
-    compute = functools.partial(program_bound, program.module(), shape, batch=batch_size, dtype=example.dtype)
+    compute = functools.partial(
+        program_bound, program.module(), shape, batch=batch_size, dtype=example.dtype, progress=progress
+    )
     return _report(path, "pt2", embedded, compute)
 
 
-_VERIFIERS: dict[str, Callable[[str | os.PathLike], VerificationReport]] = {
+_VERIFIERS: dict[str, Callable[[str | os.PathLike, Progress | None], VerificationReport]] = {
     ".onnx": verify_onnx,
     ".pt": verify_torchscript,
     ".pt2": verify_pt2,
 }
 
 
-def verify_artifact(path: str | os.PathLike) -> VerificationReport:
+def verify_artifact(path: str | os.PathLike, progress: Progress | None = None) -> VerificationReport:
     """Verify the artifact at ``path``, chosen by its suffix: ``.onnx``, ``.pt`` (TorchScript) or
-    ``.pt2`` (torch.export)."""
+    ``.pt2`` (torch.export); ``progress`` is told of each op (see :data:`Progress`)."""
     suffix = Path(path).suffix
     if suffix not in _VERIFIERS:
         raise VerificationError(
             f"{path}: unknown artifact type {suffix!r} (expected one of {list(_VERIFIERS)})"
         )
-    return _VERIFIERS[suffix](path)
+    return _VERIFIERS[suffix](path, progress)

@@ -4,13 +4,14 @@ imported inside their commands, so ``zoo list`` stays fast and ``zoo`` never imp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from zoo.certificate import Certificate
@@ -50,6 +51,23 @@ def _user_errors(*extra: type[Exception]) -> Iterator[None]:
     except (*USER_ERRORS, *extra) as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+@contextmanager
+def _op_progress(enabled: bool, description: str) -> Iterator[Callable[[int, int | None, str], None] | None]:
+    """A verifier's progress callback drawing a transient bar on stderr (ops done / total and the op
+    being bounded), or None when ``enabled`` is False."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.fields[op]}"), console=errors, transient=True) as bar:
+        task = bar.add_task(description, total=None, op="")
+
+        def report(done: int, total: int | None, op: str) -> None:
+            bar.update(task, completed=done, total=total, op=op)
+
+        yield report
 
 
 def _format_accuracy(metrics: dict | None, eps: str | None = None) -> str:
@@ -217,6 +235,7 @@ def export(
     triton_max_batch: Annotated[
         int, typer.Option(min=1, help="largest batch Triton's dynamic batcher forms")
     ] = 256,
+    progress: Annotated[bool, typer.Option(help="draw the verification progress bar (stderr)")] = True,
 ) -> None:
     """Fold, write the artifacts, then verify what was written; non-zero exit if a check fails."""
     from export.pipeline import ExportError, export_model
@@ -225,7 +244,7 @@ def export(
         errors.print("[bold red]error:[/] choose at least one format: --onnx, --torchscript, --pt2")
         raise typer.Exit(2)
     certified = _load_or_exit(source)
-    with _user_errors(ExportError):
+    with _user_errors(ExportError), _op_progress(progress, "verifying") as report:
         checks = export_model(
             certified,
             out,
@@ -235,6 +254,7 @@ def export(
             triton=triton,
             triton_instances=triton_instances,
             triton_max_batch=triton_max_batch,
+            progress=report,
         )
     table = Table(title=f"export of {source}")
     for column in ("format", "file", "max |diff| vs PyTorch", "checks"):
@@ -250,13 +270,14 @@ def export(
 def verify(
     artifact: Annotated[Path, typer.Argument(help="an exported model: .onnx, .pt (TorchScript) or .pt2")],
     json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    progress: Annotated[bool, typer.Option(help="draw the progress bar (stderr)")] = True,
 ) -> None:
     """Recompute the Lipschitz bound from the artifact alone; non-zero exit on a violation or a
     mismatch with its embedded certificate."""
     from export.verify import verify_artifact
 
-    with _user_errors():
-        report = verify_artifact(artifact)
+    with _user_errors(), _op_progress(progress, f"bounding {artifact.name}") as on_op:
+        report = verify_artifact(artifact, on_op)
     if json_output:
         print(json.dumps(report.to_dict()))
     else:

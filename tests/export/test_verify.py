@@ -244,6 +244,23 @@ def test_export_fails_when_the_runtime_disagrees_with_pytorch(short_run, tmp_pat
     assert result.exit_code == 1 and "outputs differ from PyTorch's" in " ".join(result.stderr.split())
 
 
+def test_verifiers_report_each_op_to_a_progress_callback(tiny_artifact, tmp_path):
+    path, certified = tiny_artifact
+    seen: list[tuple[int, int | None, str]] = []
+    verify_artifact(path, lambda done, total, op: seen.append((done, total, op)))
+    nodes = onnx.load(path).graph.node
+    assert [done for done, _, _ in seen] == list(range(len(nodes)))
+    assert {total for _, total, _ in seen} == {len(nodes)}
+    assert [op.split()[0] for _, _, op in seen] == [node.op_type for node in nodes]
+
+    seen.clear()
+    script = write_torchscript(certified.model, certified.certificate, tmp_path / "model.ts.pt")
+    report = verify_artifact(script, lambda done, total, op: seen.append((done, total, op)))
+    assert [done for done, _, _ in seen] == list(range(len(seen)))  # the total is not known in advance
+    assert {total for _, total, _ in seen} == {None} and len(seen) >= len(report.layers)
+    assert {layer.op for layer in report.layers} <= {op for _, _, op in seen}
+
+
 # --- a model made outside the zoo ---------------------------------------------------------------
 
 

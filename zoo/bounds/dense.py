@@ -187,7 +187,9 @@ def spectral_norm_bounds(
     return psd_max_eigenvalue_bounds(grams, exact_max_dim=exact_max_dim).sqrt()
 
 
-def matrix_norm_bound(matrix: torch.Tensor, *, exact_max_dim: int = EXACT_MAX_DIM, gram_steps: int = 12) -> float:
+def matrix_norm_bound(
+    matrix: torch.Tensor, *, exact_max_dim: int = EXACT_MAX_DIM, gram_steps: int = 12
+) -> float:
     """Sound upper bound of the spectral norm (largest singular value) of a 2-D matrix.
 
     Exact in float64 when ``min(shape) <= exact_max_dim`` (largest eigenvalue of the smaller Gram
