@@ -20,7 +20,8 @@ A malformed certificate, an unreadable file or an unsupported op is an error
 Trust: an ONNX file is only parsed (protobuf) and its nodes evaluated by ``onnx.reference`` on
 constants. A TorchScript or .pt2 file is *run* (by the TorchScript interpreter, or as the exported
 aten graph), which executes no Python code from the file but does execute its program: for files of
-unknown origin prefer the ONNX form.
+unknown origin prefer the ONNX form. A .pt2 file is checked before torch.export.load reads it, which
+would otherwise unpickle some payloads without restriction (:mod:`export.pt2_loading`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from google.protobuf.message import DecodeError
 
 from export.onnx_graph import graph_bound
 from export.propagation import GraphBound, Progress, UnsupportedOpError, VerificationError
+from export.pt2_loading import load_pt2
 from export.torch_graph import program_bound
 from export.writers import CERTIFICATE_KEY
 from zoo.certificate import Certificate, LayerBound
@@ -216,12 +218,8 @@ def verify_pt2(path: str | os.PathLike, progress: Progress | None = None) -> Ver
             a fixed batch larger than 1.
     """
     path = _existing(path)
-    extra = {CERTIFICATE_KEY: ""}
-    try:
-        program = torch.export.load(os.fspath(path), extra_files=extra)
-    except (RuntimeError, ValueError, OSError, KeyError) as error:
-        raise VerificationError(f"{path}: not a readable torch.export file ({error})") from error
-    embedded = _parse_certificate(extra[CERTIFICATE_KEY], path) if extra[CERTIFICATE_KEY] else None
+    program, text = load_pt2(path, CERTIFICATE_KEY)
+    embedded = _parse_certificate(text, path) if text else None
     user_inputs = program.graph_signature.user_inputs
     if len(user_inputs) != 1:
         raise UnsupportedOpError(f"{path}: the program must have one input, it has {list(user_inputs)}")

@@ -16,6 +16,7 @@ import onnx
 import torch
 from torch import nn
 
+from export.pt2_loading import load_pt2
 from zoo.certificate import Certificate
 from zoo.checkpoint import atomic_write_bytes
 from zoo.fold import is_folded
@@ -108,10 +109,9 @@ def write_pt2(model: nn.Module, certificate: Certificate, path: str | os.PathLik
 
 
 def read_pt2_certificate(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, Certificate | None]:
-    """Load a ``.pt2`` file and its embedded certificate (None when it has none)."""
-    extra = {CERTIFICATE_KEY: ""}
-    program = torch.export.load(os.fspath(path), extra_files=extra)
-    text = extra[CERTIFICATE_KEY]
+    """Load a ``.pt2`` file (refusing pickled payloads, see :mod:`export.pt2_loading`) and its
+    embedded certificate (None when it has none)."""
+    program, text = load_pt2(path, CERTIFICATE_KEY)
     return program, (Certificate.from_json(text) if text else None)
 
 
