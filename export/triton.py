@@ -9,19 +9,27 @@ Layout (one model per format, version 1)::
 
 ``max_batch_size`` > 0, so ``dims`` exclude the batch dimension; dynamic batching is on and the
 instance group asks for GPUs (``instances="gpu"``, ``KIND_GPU``) or CPUs (``"cpu"``, a CPU-only
-server). The
-certificate's bound and weights hash are repeated as model parameters so a client can read them
-from the model configuration; the authoritative certificate stays inside each model file.
+server). The certificate's bound and weights hash are repeated as model parameters so a client can
+read them from the model configuration; the authoritative certificate stays inside each model file,
+and :func:`verify_triton_repository` checks a deployed repository: every model file from the file
+alone, and the configuration's copies against the file's certificate.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import shutil
 from pathlib import Path
 
+from export.propagation import Progress, VerificationError
+from export.verify import VerificationReport, verify_artifact
 from zoo.certificate import Certificate
 
-__all__ = ["INSTANCE_KINDS", "check_triton_options", "write_triton_repository"]
+__all__ = ["INSTANCE_KINDS", "check_triton_options", "verify_triton_repository", "write_triton_repository"]
+
+_ZOO_PARAMETER = re.compile(r'key:\s*"(zoo\.\w+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}')
+"""A ``parameters`` entry of config.pbtxt as this module writes it: (key, string value)."""
 
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 """Where Triton runs the model's instances -> the instance group's kind."""
@@ -124,3 +132,56 @@ def write_triton_repository(
         (model_dir / "config.pbtxt").write_text(config)
         written.append(model_dir)
     return written
+
+
+def verify_triton_repository(
+    repository: str | Path, progress: Progress | None = None
+) -> list[VerificationReport]:
+    """Verify every model file of a Triton repository (``<model>/<version>/model.onnx`` or
+    ``model.pt``) from the file alone, and check that the bound and weights hash its config.pbtxt
+    repeats (the ``zoo.*`` parameters, when present) are those of the file's certificate.
+
+    Raises:
+        VerificationError: ``repository`` holds no such model, or a file cannot be verified.
+    """
+    repository = Path(repository)
+    reports = []
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        parameters = dict(_ZOO_PARAMETER.findall(config.read_text()))
+        versions = sorted(d for d in config.parent.iterdir() if d.is_dir() and d.name.isdigit())
+        for model_file in (v / name for v in versions for name in ("model.onnx", "model.pt")):
+            if model_file.is_file():
+                report = verify_artifact(model_file, progress)
+                problems = report.problems + _config_problems(config, parameters, report.embedded)
+                reports.append(dataclasses.replace(report, problems=problems))
+    if not reports:
+        raise VerificationError(
+            f"{repository}: no Triton model in it "
+            "(<model>/config.pbtxt with <version>/model.onnx or <version>/model.pt)"
+        )
+    return reports
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _config_problems(
+    config: Path, parameters: dict[str, str], embedded: Certificate | None
+) -> tuple[str, ...]:
+    """Where the copies of the certificate in ``config`` differ from the file's ``embedded`` one."""
+    if embedded is None:
+        return ()
+    problems = []
+    bound = parameters.get("zoo.lipschitz_bound")
+    if bound is not None and _number(bound) != embedded.lipschitz_bound:
+        problems.append(
+            f"{config} says a bound of {bound}, the file's certificate {embedded.lipschitz_bound!r}"
+        )
+    digest = parameters.get("zoo.weights_sha256")
+    if digest is not None and digest != embedded.weights_sha256:
+        problems.append(f"{config} names weights {digest}, the file's certificate {embedded.weights_sha256}")
+    return tuple(problems)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from zoo.checkpoint import CheckpointError
 from zoo.device import DeviceUnavailableError
 from zoo.hub import CertificateMismatchError, CertifiedModel, load
 from zoo.registry import RegistryError, get_entry, load_registry
+
+if TYPE_CHECKING:  # export is imported inside the commands only
+    from export.verify import VerificationReport
 
 app = typer.Typer(
     help="Certified 1-Lipschitz networks: train, certify, export and serve them.",
@@ -268,34 +271,59 @@ def export(
 
 @app.command()
 def verify(
-    artifact: Annotated[Path, typer.Argument(help="an exported model: .onnx, .pt (TorchScript) or .pt2")],
+    artifact: Annotated[
+        Path,
+        typer.Argument(help="an exported model (.onnx, .pt TorchScript, .pt2) or a Triton model repository"),
+    ],
     json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     progress: Annotated[bool, typer.Option(help="draw the progress bar (stderr)")] = True,
 ) -> None:
     """Recompute the Lipschitz bound from the artifact alone; non-zero exit on a violation or a
-    mismatch with its embedded certificate."""
+    mismatch with its embedded certificate.
+
+    A directory is read as a Triton model repository: every model file in it is verified, and the
+    certificate copies of each config.pbtxt are checked against the file's certificate (--json then
+    prints {"repository", "ok", "models": [one object per file]})."""
+    from export.triton import verify_triton_repository
     from export.verify import verify_artifact
 
     with _user_errors(), _op_progress(progress, f"bounding {artifact.name}") as on_op:
-        report = verify_artifact(artifact, on_op)
-    if json_output:
-        print(json.dumps(report.to_dict()))
-    else:
-        table = Table(title=f"{artifact}: bounds recomputed from the file (cumulative)")
-        for column in ("layer", "op", "input shape", "bound"):
-            table.add_column(column)
-        for layer in report.layers:
-            shape = "x".join(map(str, layer.input_shape))
-            table.add_row(layer.name, layer.op, shape, f"{layer.bound:.6f}")
-        console.print(table)
-        claimed = "none embedded" if report.embedded is None else f"{report.embedded.lipschitz_bound:.6f}"
-        console.print(
-            f"recomputed Lipschitz bound: [bold]{report.lipschitz_bound:.6f}[/], certificate: {claimed}"
+        reports = (
+            verify_triton_repository(artifact, on_op)
+            if artifact.is_dir()
+            else [verify_artifact(artifact, on_op)]
         )
-    if not report.ok:
-        message = f"[bold red]error:[/] {artifact}: {'; '.join(report.problems)}"
-        errors.print(message, highlight=False, soft_wrap=True)
+    ok = all(report.ok for report in reports)
+    if json_output:
+        if artifact.is_dir():
+            print(
+                json.dumps({"repository": str(artifact), "ok": ok, "models": [r.to_dict() for r in reports]})
+            )
+        else:
+            print(json.dumps(reports[0].to_dict()))
+    else:
+        for report in reports:
+            _print_report(report)
+    for report in reports:
+        if not report.ok:
+            message = f"[bold red]error:[/] {report.artifact}: {'; '.join(report.problems)}"
+            errors.print(message, highlight=False, soft_wrap=True)
+    if not ok:
         raise typer.Exit(1)
+
+
+def _print_report(report: VerificationReport) -> None:
+    table = Table(title=f"{report.artifact}: bounds recomputed from the file (cumulative)")
+    for column in ("layer", "op", "input shape", "bound"):
+        table.add_column(column)
+    for layer in report.layers:
+        shape = "x".join(map(str, layer.input_shape))
+        table.add_row(layer.name, layer.op, shape, f"{layer.bound:.6f}")
+    console.print(table)
+    claimed = "none embedded" if report.embedded is None else f"{report.embedded.lipschitz_bound:.6f}"
+    console.print(
+        f"recomputed Lipschitz bound: [bold]{report.lipschitz_bound:.6f}[/], certificate: {claimed}"
+    )
 
 
 @app.command()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from google.protobuf import text_format
@@ -10,7 +14,8 @@ from typer.testing import CliRunner
 
 import zoo
 from export.pipeline import export_model
-from export.verify import verify_pt2
+from export.triton import verify_triton_repository
+from export.verify import VerificationError, verify_pt2
 from zoo.cli import app
 
 
@@ -81,3 +86,27 @@ def test_triton_options_from_the_command_line(short_run, tmp_path):
     result = CliRunner().invoke(app, [*command, "--triton-instances", "tpu"])
     assert result.exit_code == 1 and "Triton instances run on gpu or cpu, got 'tpu'" in result.stderr
     assert not (tmp_path / "tpu").exists()  # refused before anything was written
+
+
+def test_a_triton_repository_is_verified_file_by_file_with_its_configs(exported, tmp_path):
+    certified, checks = exported
+    repository = next(c.path for c in checks if c.format == "triton").parent
+    reports = verify_triton_repository(repository)
+    assert [Path(r.artifact).relative_to(repository).as_posix() for r in reports] == [
+        "model_onnx/1/model.onnx",
+        "model_torchscript/1/model.pt",
+    ]
+    assert all(r.ok and r.embedded == certified.certificate for r in reports)
+
+    copy = shutil.copytree(repository, tmp_path / "repository")
+    config = copy / "model_torchscript" / "config.pbtxt"
+    bound = repr(certified.certificate.lipschitz_bound)
+    config.write_text(config.read_text().replace(f'"{bound}"', '"0.5"'))
+    result = CliRunner().invoke(app, ["verify", str(copy), "--json", "--no-progress"])
+    assert result.exit_code == 1
+    answer = json.loads(result.stdout)
+    assert answer["ok"] is False and [m["ok"] for m in answer["models"]] == [True, False]
+    assert f"says a bound of 0.5, the file's certificate {bound}" in " ".join(result.stderr.split())
+
+    with pytest.raises(VerificationError, match="no Triton model in it"):
+        verify_triton_repository(tmp_path / "repository" / "model_onnx" / "1")
