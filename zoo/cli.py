@@ -4,7 +4,7 @@ imported inside their commands, so ``zoo list`` stays fast and ``zoo`` never imp
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from zoo.certificate import Certificate
+from zoo.certificate import Certificate, LayerBound
 from zoo.checkpoint import CheckpointError
 from zoo.device import DeviceUnavailableError
 from zoo.hub import CertificateMismatchError, CertifiedModel, load
@@ -196,14 +196,19 @@ def _load_or_exit(source: str) -> CertifiedModel:
         return load(source)
 
 
-def _print_certificate(certificate: Certificate, title: str) -> None:
+def _layer_table(title: str, layers: Iterable[LayerBound]) -> Table:
+    """Per-layer bounds: name, op, input shape, bound."""
     table = Table(title=title)
     for column in ("layer", "op", "input shape", "bound"):
         table.add_column(column)
-    for layer in certificate.layers:
+    for layer in layers:
         shape = "x".join(map(str, layer.input_shape))
         table.add_row(layer.name, layer.op, shape, f"{layer.bound:.6f}")
-    console.print(table)
+    return table
+
+
+def _print_certificate(certificate: Certificate, title: str) -> None:
+    console.print(_layer_table(title, certificate.layers))
     console.print(
         f"global Lipschitz bound: [bold]{certificate.lipschitz_bound:.6f}[/] "
         f"(relative safety margin {certificate.relative_margin:g} per layer)"
@@ -313,13 +318,9 @@ def verify(
 
 
 def _print_report(report: VerificationReport) -> None:
-    table = Table(title=f"{report.artifact}: bounds recomputed from the file (cumulative)")
-    for column in ("layer", "op", "input shape", "bound"):
-        table.add_column(column)
-    for layer in report.layers:
-        shape = "x".join(map(str, layer.input_shape))
-        table.add_row(layer.name, layer.op, shape, f"{layer.bound:.6f}")
-    console.print(table)
+    console.print(
+        _layer_table(f"{report.artifact}: bounds recomputed from the file (cumulative)", report.layers)
+    )
     claimed = "none embedded" if report.embedded is None else f"{report.embedded.lipschitz_bound:.6f}"
     console.print(
         f"recomputed Lipschitz bound: [bold]{report.lipschitz_bound:.6f}[/], certificate: {claimed}"
