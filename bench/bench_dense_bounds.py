@@ -33,12 +33,15 @@ def recording_call(weight: torch.Tensor, results: dict[str, float], name: str, *
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="timed calls per method")
+    parser.add_argument(
+        "--shapes", nargs="+", default=[f"{m}x{n}" for m, n in SHAPES], help="matrix shapes, e.g. 4096x25088"
+    )
     args = parser.parse_args()
     columns = ("eigensolver s", "Gram iteration s", "time ratio", "bound ratio")
     header = f"{'shape':<14}" + "".join(f"{column:>18}" for column in columns)
     print(header)
     print("-" * len(header))
-    for shape in SHAPES:
+    for shape in [tuple(int(size) for size in text.split("x")) for text in args.shapes]:
         weight = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) / shape[1] ** 0.5
         bounds: dict[str, float] = {}
         calls = {
