@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,13 +140,22 @@ def _existing(path: str | os.PathLike) -> Path:
 
 
 def _report(
-    path: Path, fmt: str, embedded: Certificate | None, compute: Callable[[], GraphBound]
+    path: Path,
+    fmt: str,
+    embedded: Certificate | None,
+    compute: Callable[[], GraphBound],
+    input_shape: Sequence[int] | None,
 ) -> VerificationReport:
-    """Run ``compute`` (errors name the file) and compare its bound with ``embedded``."""
+    """Run ``compute`` (errors name the file) and compare its bound with ``embedded``; the graph
+    must take inputs of ``input_shape`` when one is given."""
     try:
         computed = compute()
     except VerificationError as error:
         raise type(error)(f"{path}: {error}") from error
+    if input_shape is not None and tuple(input_shape) != computed.input_shape:
+        raise VerificationError(
+            f"{path}: the file's graph takes inputs of shape {computed.input_shape}, not {tuple(input_shape)}"
+        )
     return VerificationReport(
         artifact=str(path),
         format=fmt,
@@ -158,9 +167,12 @@ def _report(
     )
 
 
-def verify_onnx(path: str | os.PathLike, progress: Progress | None = None) -> VerificationReport:
+def verify_onnx(
+    path: str | os.PathLike, progress: Progress | None = None, input_shape: Sequence[int] | None = None
+) -> VerificationReport:
     """Recompute the bound of the ONNX file at ``path`` from its graph and initializers and compare
-    it with the certificate in its ``metadata_props``; ``progress`` is told of each node.
+    it with the certificate in its ``metadata_props``; ``progress`` is told of each node, and the
+    graph must take ``input_shape`` when it is given.
 
     Raises:
         VerificationError: unreadable or invalid file, malformed certificate, or a graph that cannot
@@ -176,16 +188,21 @@ def verify_onnx(path: str | os.PathLike, progress: Progress | None = None) -> Ve
     if len(texts) > 1:
         raise VerificationError(f"{path}: {len(texts)} certificates are embedded, expected one")
     embedded = _parse_certificate(texts[0], path) if texts else None
-    return _report(path, "onnx", embedded, functools.partial(graph_bound, model, progress))
+    return _report(path, "onnx", embedded, functools.partial(graph_bound, model, progress), input_shape)
 
 
-def verify_torchscript(path: str | os.PathLike, progress: Progress | None = None) -> VerificationReport:
+def verify_torchscript(
+    path: str | os.PathLike, progress: Progress | None = None, input_shape: Sequence[int] | None = None
+) -> VerificationReport:
     """Recompute the bound of the TorchScript file at ``path`` by running its program on a tracked
-    input of the shape its embedded certificate (in ``_extra_files``) states, and compare;
+    input of one example's shape, and compare with the certificate in its ``_extra_files``;
     ``progress`` is told of each aten op.
 
+    A TorchScript file does not record its input shape: it is the embedded certificate's, or
+    ``input_shape`` for a file without one (a model not made here); both given must agree.
+
     Raises:
-        VerificationError: unreadable file, missing or malformed certificate, or a program that
+        VerificationError: unreadable file, malformed certificate, no input shape, or a program that
             cannot be bounded (:class:`UnsupportedOpError` naming the aten op).
     """
     path = _existing(path)
@@ -196,22 +213,25 @@ def verify_torchscript(path: str | os.PathLike, progress: Progress | None = None
             module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as error:
         raise VerificationError(f"{path}: not a readable TorchScript file ({error})") from error
-    if not extra[CERTIFICATE_KEY]:
+    embedded = _parse_certificate(extra[CERTIFICATE_KEY], path) if extra[CERTIFICATE_KEY] else None
+    if embedded is None and input_shape is None:
         raise VerificationError(
             f"{path}: no embedded certificate, and a TorchScript file does not record the input shape "
-            "its bound depends on"
+            "its bound depends on: give it (--input-shape C,H,W)"
         )
-    embedded = _parse_certificate(extra[CERTIFICATE_KEY], path)
+    shape = embedded.input_shape if embedded is not None else tuple(input_shape)
     compute = functools.partial(
-        program_bound, module.eval(), embedded.input_shape, batch=2, dtype=torch.float32, progress=progress
+        program_bound, module.eval(), shape, batch=2, dtype=torch.float32, progress=progress
     )
-    return _report(path, "torchscript", embedded, compute)
+    return _report(path, "torchscript", embedded, compute, input_shape)
 
 
-def verify_pt2(path: str | os.PathLike, progress: Progress | None = None) -> VerificationReport:
+def verify_pt2(
+    path: str | os.PathLike, progress: Progress | None = None, input_shape: Sequence[int] | None = None
+) -> VerificationReport:
     """Recompute the bound of the torch.export file at ``path`` by running its program on a tracked
     input of the shape its graph records, and compare with the certificate in its ``extra_files``;
-    ``progress`` is told of each aten op.
+    ``progress`` is told of each aten op, and the graph must take ``input_shape`` when it is given.
 
     Raises:
         VerificationError: as :func:`verify_torchscript`, and for a program with several inputs or
@@ -236,22 +256,29 @@ def verify_pt2(path: str | os.PathLike, progress: Progress | None = None) -> Ver
     compute = functools.partial(
         program_bound, program.module(), shape, batch=batch_size, dtype=example.dtype, progress=progress
     )
-    return _report(path, "pt2", embedded, compute)
+    return _report(path, "pt2", embedded, compute, input_shape)
 
 
-_VERIFIERS: dict[str, Callable[[str | os.PathLike, Progress | None], VerificationReport]] = {
+_VERIFIERS: dict[
+    str, Callable[[str | os.PathLike, Progress | None, Sequence[int] | None], VerificationReport]
+] = {
     ".onnx": verify_onnx,
     ".pt": verify_torchscript,
     ".pt2": verify_pt2,
 }
 
 
-def verify_artifact(path: str | os.PathLike, progress: Progress | None = None) -> VerificationReport:
+def verify_artifact(
+    path: str | os.PathLike, progress: Progress | None = None, input_shape: Sequence[int] | None = None
+) -> VerificationReport:
     """Verify the artifact at ``path``, chosen by its suffix: ``.onnx``, ``.pt`` (TorchScript) or
-    ``.pt2`` (torch.export); ``progress`` is told of each op (see :data:`Progress`)."""
+    ``.pt2`` (torch.export); ``progress`` is told of each op (see :data:`Progress`). ``input_shape``
+    (one example's) is needed for a TorchScript file without a certificate, the only case where the
+    file does not record it; otherwise the file's must equal it.
+    """
     suffix = Path(path).suffix
     if suffix not in _VERIFIERS:
         raise VerificationError(
             f"{path}: unknown artifact type {suffix!r} (expected one of {list(_VERIFIERS)})"
         )
-    return _VERIFIERS[suffix](path, progress)
+    return _VERIFIERS[suffix](path, progress, input_shape)

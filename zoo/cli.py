@@ -282,6 +282,12 @@ def verify(
     ],
     json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     progress: Annotated[bool, typer.Option(help="draw the progress bar (stderr)")] = True,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            help="one example's shape, e.g. 3,32,32: needed for a TorchScript file without certificate"
+        ),
+    ] = None,
 ) -> None:
     """Recompute the Lipschitz bound from the artifact alone; non-zero exit on a violation or a
     mismatch with its embedded certificate.
@@ -293,10 +299,13 @@ def verify(
     from export.verify import verify_artifact
 
     with _user_errors(), _op_progress(progress, f"bounding {artifact.name}") as on_op:
+        shape = None if input_shape is None else _parse_shape(input_shape)
+        if artifact.is_dir() and shape is not None:
+            raise ValueError("--input-shape is for one file; a repository's files carry certificates")
         reports = (
             verify_triton_repository(artifact, on_op)
             if artifact.is_dir()
-            else [verify_artifact(artifact, on_op)]
+            else [verify_artifact(artifact, on_op, shape)]
         )
     ok = all(report.ok for report in reports)
     if json_output:
@@ -315,6 +324,19 @@ def verify(
             errors.print(message, highlight=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    """``'3,32,32'`` -> ``(3, 32, 32)``; ValueError naming the option otherwise."""
+    try:
+        shape = tuple(int(size) for size in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ValueError(
+            f"--input-shape must be positive sizes separated by commas, e.g. 3,32,32; got {text!r}"
+        )
+    return shape
 
 
 def _print_report(report: VerificationReport) -> None:

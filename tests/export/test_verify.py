@@ -324,6 +324,28 @@ def test_torchscript_pt2_and_onnx_of_one_net_get_the_same_bound(foreign_net):
         assert bound == pytest.approx(expected, rel=1e-9)
 
 
+@TORCHSCRIPT_IS_DEPRECATED
+def test_a_foreign_torchscript_file_is_verified_at_the_input_shape_given(foreign_net, tmp_path):
+    path, net = foreign_net
+    script = tmp_path / "foreign.pt"
+    torch.jit.trace(net, torch.zeros(2, 3, 8, 8)).save(str(script))
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify", str(script), "--no-progress"])
+    assert result.exit_code == 1 and "give it (--input-shape C,H,W)" in " ".join(result.stderr.split())
+
+    result = runner.invoke(app, ["verify", str(script), "--input-shape", "3,8,8", "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["embedded"] is None and report["input_shape"] == [3, 8, 8]
+    assert report["lipschitz_bound"] == pytest.approx(verify_onnx(path).lipschitz_bound, rel=1e-9)
+
+    result = runner.invoke(app, ["verify", str(path), "--input-shape", "3,9,9", "--no-progress"])
+    assert result.exit_code == 1
+    assert "takes inputs of shape (3, 8, 8), not (3, 9, 9)" in " ".join(result.stderr.split())
+    result = runner.invoke(app, ["verify", str(script), "--input-shape", "3,x", "--no-progress"])
+    assert result.exit_code == 1 and "--input-shape must be positive sizes" in " ".join(result.stderr.split())
+
+
 def _seeded(module: nn.Module) -> nn.Module:
     torch.manual_seed(2)
     for parameter in module.parameters():
