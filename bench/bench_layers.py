@@ -52,8 +52,8 @@ def residual_net(block: Callable[[int], nn.Module]) -> nn.Module:
 def zoo_family(family: str, **options: Any) -> tuple[Factory, Factory]:
     """(conv, dense) factories of ``family``, built by the architectures' ``constrain``."""
     return (
-        lambda i, o: constrain(nn.Conv2d(i, o, 3, padding=1), family, True, **options),
-        lambda i, o: constrain(nn.Linear(i, o), family, True, **options),
+        lambda i, o: constrain(nn.Conv2d(i, o, 3, padding=1), family, parametrized=True, **options),
+        lambda i, o: constrain(nn.Linear(i, o), family, parametrized=True, **options),
     )
 
 
