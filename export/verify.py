@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from export.onnx_graph import graph_bound
 from export.propagation import GraphBound, Progress, UnsupportedOpError, VerificationError
 from export.pt2_loading import load_pt2
 from export.torch_graph import program_bound
-from export.writers import CERTIFICATE_KEY
+from export.writers import CERTIFICATE_KEY, load_torchscript
 from zoo.certificate import Certificate, LayerBound
 
 __all__ = [
@@ -206,14 +205,8 @@ def verify_torchscript(
             cannot be bounded (:class:`UnsupportedOpError` naming the aten op).
     """
     path = _existing(path)
-    extra = {CERTIFICATE_KEY: ""}
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated: torch.jit.load warns
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-            module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
-    except (RuntimeError, ValueError, OSError) as error:
-        raise VerificationError(f"{path}: not a readable TorchScript file ({error})") from error
-    embedded = _parse_certificate(extra[CERTIFICATE_KEY], path) if extra[CERTIFICATE_KEY] else None
+    module, text = load_torchscript(path)
+    embedded = _parse_certificate(text, path) if text else None
     if embedded is None and input_shape is None:
         raise VerificationError(
             f"{path}: no embedded certificate, and a TorchScript file does not record the input shape "

@@ -16,6 +16,7 @@ import onnx
 import torch
 from torch import nn
 
+from export.propagation import VerificationError
 from export.pt2_loading import load_pt2
 from zoo.certificate import Certificate
 from zoo.checkpoint import atomic_write_bytes
@@ -23,6 +24,7 @@ from zoo.fold import is_folded
 
 __all__ = [
     "CERTIFICATE_KEY",
+    "load_torchscript",
     "read_onnx_certificate",
     "read_pt2_certificate",
     "read_torchscript_certificate",
@@ -115,13 +117,26 @@ def read_pt2_certificate(path: str | os.PathLike) -> tuple[torch.export.Exported
     return program, (Certificate.from_json(text) if text else None)
 
 
+def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, str]:
+    """The module of the TorchScript file at ``path`` (on the CPU) and the text of its embedded
+    certificate ('' when it has none).
+
+    Raises:
+        VerificationError: an unreadable file.
+    """
+    extra = {CERTIFICATE_KEY: ""}
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated: torch.jit.load warns
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError, OSError) as error:
+        raise VerificationError(f"{path}: not a readable TorchScript file ({error})") from error
+    return module, extra[CERTIFICATE_KEY]
+
+
 def read_torchscript_certificate(
     path: str | os.PathLike,
 ) -> tuple[torch.jit.ScriptModule, Certificate | None]:
     """Load a TorchScript file and its embedded certificate (None when it has none)."""
-    extra = {CERTIFICATE_KEY: ""}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
-    text = extra[CERTIFICATE_KEY]
+    module, text = load_torchscript(path)
     return module, (Certificate.from_json(text) if text else None)

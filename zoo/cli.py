@@ -4,7 +4,7 @@ imported inside their commands, so ``zoo list`` stays fast and ``zoo`` never imp
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,6 +21,7 @@ from zoo.hub import CertificateMismatchError, CertifiedModel, load
 from zoo.registry import RegistryError, get_entry, load_registry
 
 if TYPE_CHECKING:  # export is imported inside the commands only
+    from export.propagation import Progress
     from export.verify import VerificationReport
 
 app = typer.Typer(
@@ -57,7 +58,7 @@ def _user_errors(*extra: type[Exception]) -> Iterator[None]:
 
 
 @contextmanager
-def _op_progress(enabled: bool, description: str) -> Iterator[Callable[[int, int | None, str], None] | None]:
+def _op_progress(enabled: bool, description: str) -> Iterator[Progress | None]:
     """A verifier's progress callback drawing a transient bar on stderr (ops done / total and the op
     being bounded), or None when ``enabled`` is False."""
     if not enabled:
