@@ -7,6 +7,13 @@ The embedded default is scikit-learn's handwritten digits: 1797 grey 8x8 images 
 scikit-learn (no download). Pixel values 0..16 are divided by 16, giving float32 images of shape
 (1, 8, 8) in [0, 1]. The split is fixed and stratified: 25 % test (450 images), 75 % train (1347),
 drawn with ``train_test_split(..., stratify=labels, random_state=0)``.
+
+MNIST and Fashion-MNIST are read from their four original idx files (``train-images-idx3-ubyte``,
+``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each ``.gz`` or
+not; :mod:`training.idx`): from ``--data-dir`` when given, otherwise from where a system package
+installs them (Fashion-MNIST: Debian's ``dataset-fashion-mnist``, ``/usr/share/datasets/fashion-mnist``).
+Images are pixel / 255, float32 (1, 28, 28) in [0, 1]; the split is the distribution's
+(60,000 train, 10,000 test).
 """
 
 from __future__ import annotations
@@ -18,7 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DIGITS_PREPROCESSING", "Dataset", "load_dataset", "load_digits"]
+from training.idx import IdxFormatError, read_idx
+
+__all__ = [
+    "DIGITS_PREPROCESSING",
+    "MNIST_FAMILY",
+    "Dataset",
+    "find_mnist_dir",
+    "load_dataset",
+    "load_digits",
+    "load_mnist_family",
+    "mnist_search_dirs",
+]
 
 DIGITS_PREPROCESSING: dict[str, Any] = {
     "dataset": "digits",
@@ -77,20 +95,113 @@ CIFAR10_BINARY_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 CIFAR10_RECORD = 1 + 3 * 32 * 32  # one label byte, then the red, green and blue 32x32 planes
 
 
-def _torchvision_mnist(name: str, data_dir: Path, download: bool) -> Dataset:
-    """MNIST or Fashion-MNIST through torchvision, from ``data_dir/<MNIST|FashionMNIST>/raw``."""
-    from torchvision.datasets import MNIST, FashionMNIST
+@dataclass(frozen=True)
+class MnistFamily:
+    """Where a dataset of MNIST's format is looked for.
 
-    cls = {"mnist": MNIST, "fashion_mnist": FashionMNIST}[name]
+    Attributes:
+        torchvision_folder: ``DIR/<folder>/raw`` is where torchvision keeps (and downloads) its files.
+        system_dirs: directories a system package installs the idx files into, searched without --data-dir.
+        apt_package: the Debian / Ubuntu package that installs them, if any.
+    """
+
+    torchvision_folder: str
+    system_dirs: tuple[Path, ...] = ()
+    apt_package: str | None = None
+
+
+MNIST_FAMILY: dict[str, MnistFamily] = {
+    "mnist": MnistFamily("MNIST"),
+    "fashion_mnist": MnistFamily(
+        "FashionMNIST", (Path("/usr/share/datasets/fashion-mnist"),), apt_package="dataset-fashion-mnist"
+    ),
+}
+# The four files of the original distributions, each either as is or gzip-compressed (``.gz``).
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """``folder/stem`` or ``folder/stem.gz``, whichever exists."""
+    return next((path for path in (folder / stem, folder / f"{stem}.gz") if path.is_file()), None)
+
+
+def mnist_search_dirs(name: str, data_dir: str | Path | None) -> list[Path]:
+    """The directories searched for the idx files of ``name``, in order: ``data_dir`` and its
+    torchvision layout ``data_dir/<Folder>/raw`` when given, else the system package's directories."""
+    family = MNIST_FAMILY[name]
+    if data_dir is None:
+        return list(family.system_dirs)
+    return [Path(data_dir), Path(data_dir) / family.torchvision_folder / "raw"]
+
+
+def find_mnist_dir(name: str, data_dir: str | Path | None = None) -> Path:
+    """The first directory of :func:`mnist_search_dirs` holding all four idx files of ``name``.
+
+    Raises:
+        FileNotFoundError: none does; the message names every directory looked in, what each lacks,
+            and how to get the files (the apt package, --data-dir, --download).
+    """
+    family = MNIST_FAMILY[name]
+    looked = []
+    for folder in mnist_search_dirs(name, data_dir):
+        missing = [stem for pair in IDX_FILES.values() for stem in pair if _idx_file(folder, stem) is None]
+        if not missing:
+            return folder
+        looked.append(f"{folder} (missing {', '.join(missing)})" if folder.is_dir() else f"{folder} (absent)")
+    remedies = []
+    if family.apt_package is not None:
+        remedies.append(f"install it with `apt-get install -y {family.apt_package}`")
+    remedies.append("pass --data-dir DIR holding the four idx files (.gz or not)")
+    if data_dir is not None:
+        remedies.append("add --download to fetch them into DIR (needs network access)")
+    where = f"looked in {'; '.join(looked)}" if looked else "no system package installs it"
+    raise FileNotFoundError(f"{name}: dataset not found ({where}); {', or '.join(remedies)}")
+
+
+def _read_mnist_split(name: str, folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, 28, 28) float32 = pixel / 255 and labels (N,) int64 of one split."""
+    image_path, label_path = (_idx_file(folder, stem) for stem in IDX_FILES[split])
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise IdxFormatError(
+            f"{name}: {image_path} holds {images.dtype} {images.shape}, not uint8 (N, H, W) images"
+        )
+    if labels.dtype != np.uint8 or labels.shape != images.shape[:1]:
+        raise IdxFormatError(
+            f"{name}: {label_path} holds {labels.dtype} {labels.shape}, not {len(images)} uint8 labels "
+            f"(one per image of {image_path.name})"
+        )
+    if labels.size and int(labels.max()) > 9:
+        raise IdxFormatError(f"{name}: {label_path} has labels above 9 (max {int(labels.max())})")
+    x = torch.from_numpy(images).unsqueeze(1).float().div(255)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def load_mnist_family(name: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+    """MNIST or Fashion-MNIST from their idx files (see :func:`find_mnist_dir`), pixel / 255 in [0, 1].
+
+    With ``download`` (and ``data_dir``), files not found are first fetched by torchvision into
+    ``data_dir/<Folder>/raw``."""
+    if download and data_dir is None:
+        raise ValueError(f"{name}: --download needs --data-dir (where to put the files)")
     try:
-        splits = [cls(str(data_dir), train=train, download=download) for train in (True, False)]
-    except RuntimeError as error:  # torchvision: "Dataset not found. You can use download=True ..."
-        raise FileNotFoundError(
-            f"{name}: no dataset under {data_dir / cls.__name__ / 'raw'} ({error}); "
-            "pass --download to fetch it (needs network access)"
-        ) from None
-    tensors = [(split.data.float().div(255).unsqueeze(1), split.targets.long()) for split in splits]
-    (x_train, y_train), (x_test, y_test) = tensors
+        folder = find_mnist_dir(name, data_dir)
+    except FileNotFoundError:
+        if not download:
+            raise
+        from torchvision.datasets import MNIST, FashionMNIST
+
+        {"mnist": MNIST, "fashion_mnist": FashionMNIST}[name](str(data_dir), download=True)
+        folder = find_mnist_dir(name, data_dir)
+    (x_train, y_train), (x_test, y_test) = (_read_mnist_split(name, folder, split) for split in IDX_FILES)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise IdxFormatError(
+            f"{name}: train images {tuple(x_train.shape[1:])} and test images {tuple(x_test.shape[1:])} "
+            f"in {folder} differ in size"
+        )
     preprocessing = {"dataset": name, **MNIST_PREPROCESSING}
     return Dataset(x_train, y_train, x_test, y_test, num_classes=10, preprocessing=preprocessing)
 
@@ -130,15 +241,15 @@ def _cifar10(data_dir: Path, download: bool) -> Dataset:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
-    """Load a dataset by its models.yaml name: 'digits' (embedded), or 'mnist', 'fashion_mnist',
-    'cifar10' from ``data_dir`` (downloaded there only when ``download`` is true)."""
+    """Load a dataset by its models.yaml name: 'digits' (embedded); 'mnist' or 'fashion_mnist' from
+    their idx files (in ``data_dir``, or where the system package puts them: see
+    :func:`find_mnist_dir`); 'cifar10' from ``data_dir``. Downloads only when ``download`` is true."""
     if name == "digits":
         return load_digits()
-    if name not in ("mnist", "fashion_mnist", "cifar10"):
+    if name in MNIST_FAMILY:
+        return load_mnist_family(name, data_dir, download)
+    if name != "cifar10":
         raise ValueError(f"unknown dataset {name!r}; known: digits, mnist, fashion_mnist, cifar10")
     if data_dir is None:
         raise ValueError(f"dataset {name!r} needs a data directory (--data-dir)")
-    data_dir = Path(data_dir)
-    if name == "cifar10":
-        return _cifar10(data_dir, download)
-    return _torchvision_mnist(name, data_dir, download)
+    return _cifar10(Path(data_dir), download)

@@ -31,6 +31,10 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+DATA_DIR_HELP = (
+    "directory of the MNIST / Fashion-MNIST idx files or of CIFAR-10 (default for Fashion-MNIST: "
+    "/usr/share/datasets/fashion-mnist, from apt-get install -y dataset-fashion-mnist)"
+)
 
 # Errors that describe bad input or a refused file: printed as one line, exit code 1.
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -137,7 +141,7 @@ def train(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     resume: Annotated[bool, typer.Option(help="continue from OUT/train_state.pt")] = False,
     seed: Annotated[int | None, typer.Option(help="override the recipe's seed")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="where MNIST / Fashion-MNIST / CIFAR-10 are")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     download: Annotated[bool, typer.Option(help="download the dataset into --data-dir if missing")] = False,
     precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (CUDA only)")] = "fp32",
     nproc: Annotated[int, typer.Option(help="processes to launch with torchrun (data parallel)")] = 1,
@@ -367,7 +371,7 @@ def ship(
 def report(
     name: Annotated[str, typer.Argument(help="model name from models.yaml (with weights)")],
     out: Annotated[Path, typer.Option(help="output directory of the model card")] = Path("cards"),
-    data_dir: Annotated[Path | None, typer.Option(help="where MNIST / Fashion-MNIST / CIFAR-10 are")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Write a model card: Markdown with certified accuracy against eps and per-layer bounds plots."""
     from training.data import load_dataset
