@@ -1,5 +1,5 @@
 """``python -m zoo`` is the ``zoo`` command."""
 
-from zoo.cli import app
+from zoo.app.cli import app
 
 app(prog_name="zoo")

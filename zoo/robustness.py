@@ -1,4 +1,4 @@
-"""Certified L2 robustness from a global Lipschitz bound (see DESIGN.md, Certificates)."""
+"""Certified L2 robustness from a global Lipschitz bound (docs/ARCHITECTURE.md, "Certificates")."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import zoo
 from export.pipeline import export_model
 from export.triton import verify_triton_repository
 from export.verify import VerificationError, verify_pt2
-from zoo.cli import app
+from zoo.app.cli import app
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,18 @@ def test_triton_options_from_the_command_line(short_run, tmp_path):
     assert config.max_batch_size == 64
 
     command[-1] = str(tmp_path / "tpu")
-    result = CliRunner().invoke(app, [*command, "--triton-instances", "tpu"])
-    assert result.exit_code == 1 and "Triton instances run on gpu or cpu, got 'tpu'" in result.stderr
+    result = CliRunner().invoke(app, [*command, "--triton-instances", "tpu"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "'tpu' is not one of 'gpu', 'cpu'" in result.stderr
     assert not (tmp_path / "tpu").exists()  # refused before anything was written
+
+
+def test_choice_options_are_listed_in_the_help_and_checked():
+    help_text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "<cpu|cuda>" in help_text and "<fp32|bf16>" in help_text
+    result = CliRunner().invoke(
+        app, ["train", "lipconv_s.digits_hkr", "--precision", "fp16"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2 and "'fp16' is not one of 'fp32', 'bf16'" in result.stderr
 
 
 def test_a_triton_repository_is_verified_file_by_file_with_its_configs(exported, tmp_path):

@@ -37,8 +37,8 @@ from export.verify import (
     verify_onnx,
 )
 from export.writers import CERTIFICATE_KEY, write_onnx, write_pt2, write_torchscript
+from zoo.app.cli import app
 from zoo.certify import certify
-from zoo.cli import app
 from zoo.hub import CertifiedModel
 from zoo.hub import load as zoo_load
 from zoo.models import build

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
 
 from zoo.hub import CertifiedModel
 from zoo.registry import ModelEntry
@@ -15,11 +19,6 @@ __all__ = ["write_model_card"]
 
 
 def _plot_certified_accuracy(radius: np.ndarray, correct: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     eps = np.linspace(0.0, max(float(radius.max()), 1e-3) * 1.05, 200)
     accuracy = [(correct & (radius > e)).mean() * 100 for e in eps]
     figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
@@ -32,11 +31,6 @@ def _plot_certified_accuracy(radius: np.ndarray, correct: np.ndarray, path: Path
 
 
 def _plot_layer_bounds(certified: CertifiedModel, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = certified.certificate.layers
     figure, axes = plt.subplots(figsize=(6, 3.5), dpi=120)
     axes.bar(range(len(layers)), [layer.bound for layer in layers])

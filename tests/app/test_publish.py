@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 import zoo
 import zoo.hub
+from zoo.app.cli import app
+from zoo.app.publish import WEIGHT_FIELDS, ShipError, registry_metrics, ship, with_weight_fields
 from zoo.checkpoint import CheckpointError
-from zoo.cli import app
 from zoo.hub import CertificateMismatchError
-from zoo.publish import WEIGHT_FIELDS, ShipError, registry_metrics, ship, with_weight_fields
 from zoo.registry import get_entry, registry_path
 
 NAME = "lipconv_s.digits_hkr"

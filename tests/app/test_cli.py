@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 import zoo
-from zoo.benches import BenchmarkNotFoundError, find_benchmarks
-from zoo.cli import app
+from zoo.app.benches import BenchmarkNotFoundError, find_benchmarks
+from zoo.app.cli import app
 
 runner = CliRunner()
 
@@ -73,7 +73,7 @@ def test_errors_are_one_clear_line_and_a_non_zero_exit(tmp_path):
 
 def test_bench_lists_the_scripts_of_bench_and_runs_one_with_its_arguments(capfd):
     scripts = sorted(
-        p.stem.removeprefix("bench_") for p in (Path(__file__).parent.parent / "bench").glob("bench_*.py")
+        p.stem.removeprefix("bench_") for p in (Path(__file__).parents[2] / "bench").glob("bench_*.py")
     )
     result = invoke("bench")
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ GET   /v2/health/ready                                    ``{"ready": true}`` (4
 GET   /v2                                                 server metadata
 GET   /v2/models/{name}[/versions/1]                      model metadata (tensors, certificate bound)
 GET   /v2/models/{name}[/versions/1]/ready                ``{"name": ..., "ready": true}``
-POST  /v2/models/{name}[/versions/1]/infer                inference (see ``zoo.serve.protocol``)
+POST  /v2/models/{name}[/versions/1]/infer                inference (see ``zoo.app.serve.protocol``)
 ====  ==================================================  ==========================================
 
 Every error, whatever raised it (a bad request, an unknown route, a failure of the model), is
@@ -25,9 +25,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 import zoo
-from zoo.serve.batcher import BatcherClosedError, DynamicBatcher
-from zoo.serve.model import ServedModel
-from zoo.serve.protocol import (
+from zoo.app.serve.batcher import BatcherClosedError, DynamicBatcher
+from zoo.app.serve.model import ServedModel
+from zoo.app.serve.protocol import (
     HEADER_LENGTH,
     ProtocolError,
     encode_infer_response,
@@ -38,7 +38,7 @@ from zoo.serve.protocol import (
 __all__ = ["create_app"]
 
 SERVER_NAME = "lipschitz-zoo"
-# Triton's name for the extension of zoo.serve.protocol: raw tensor bytes after the JSON header.
+# Triton's name for the extension of zoo.app.serve.protocol: raw tensor bytes after the JSON header.
 EXTENSIONS = ["binary_tensor_data"]
 
 
@@ -63,7 +63,7 @@ def create_app(model: ServedModel, *, max_batch: int, max_delay_ms: float, max_b
 
     Args:
         model: the model to serve.
-        max_batch: most examples run in one model call (1: no batching); see ``zoo.serve.batcher``.
+        max_batch: most examples run in one model call (1: no batching); see ``zoo.app.serve.batcher``.
         max_delay_ms: longest wait for a batch to fill after its first request arrived.
         max_body_bytes: larger request bodies are refused with 413, before they are read in full.
     """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["BENCH_DIR", "BenchmarkNotFoundError", "describe", "find_benchmarks", "run_benchmark"]
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 PREFIX = "bench_"
 
 

@@ -1,4 +1,4 @@
-"""``zoo.serve.batcher``: gathering, splitting, failures and draining, with a fake model (no HTTP)."""
+"""``zoo.app.serve.batcher``: gathering, splitting, failures and draining, with a fake model (no HTTP)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from zoo.serve.batcher import BatcherClosedError, DynamicBatcher
+from zoo.app.serve.batcher import BatcherClosedError, DynamicBatcher
 
 
 class FakeModel:

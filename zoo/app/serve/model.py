@@ -5,8 +5,6 @@ server runs an ONNX file, and only one that certifies itself: :func:`_check_arti
 Lipschitz bound from the file (``export.verify``) and refuses a file without a certificate, or whose
 graph has a larger bound than its certificate claims. The certified radii the server reports are
 only as true as that check.
-
-``export`` is imported inside the functions that need it, as everywhere in ``zoo`` (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -18,6 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from export.runtime import onnx_session
+from export.verify import verify_onnx
+from export.writers import write_onnx
 from zoo.certificate import Certificate
 from zoo.hub import load
 from zoo.robustness import certified_radius
@@ -33,8 +34,6 @@ class ArtifactError(ValueError):
 
 def _check_artifact(path: Path) -> Certificate:
     """The certificate embedded in the ONNX file at ``path``, once the file is shown to satisfy it."""
-    from export.verify import verify_onnx
-
     report = verify_onnx(path)
     if report.embedded is None:
         raise ArtifactError(
@@ -101,8 +100,6 @@ class ServedModel:
 
 def _export_to_onnx(source: str, workdir: Path) -> tuple[Path, str]:
     """Load a checkpoint path or models.yaml name with ``zoo.load`` and write it as ONNX in ``workdir``."""
-    from export.writers import write_onnx
-
     name = Path(source).stem if Path(source).is_file() else source
     certified = load(source)
     path = write_onnx(certified.model.cpu(), certified.certificate, workdir / f"{name}.onnx")
@@ -117,8 +114,6 @@ def open_model(source: str | os.PathLike, device: str, workdir: Path) -> ServedM
     (or the loader's own error) saying why a source cannot be served, and
     ``DeviceUnavailableError`` when ``device`` is 'cuda' and CUDA cannot be used.
     """
-    from export.runtime import onnx_session
-
     source = os.fspath(source)
     if Path(source).suffix == ".onnx":
         path, name = Path(source), Path(source).stem
@@ -126,8 +121,6 @@ def open_model(source: str | os.PathLike, device: str, workdir: Path) -> ServedM
             raise ArtifactError(f"{path}: no such file")
     else:
         path, name = _export_to_onnx(source, workdir)
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     # Idle intra-op threads would spin after every call (about 1 ms of CPU per batch-1 request,
     # measured by bench/bench_serve.py): between requests a server should leave the CPU alone.

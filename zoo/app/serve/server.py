@@ -16,8 +16,8 @@ from types import FrameType
 
 import uvicorn
 
-from zoo.serve.app import create_app
-from zoo.serve.model import ServedModel
+from zoo.app.serve.app import create_app
+from zoo.app.serve.model import ServedModel
 
 __all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "serve"]
 
@@ -51,7 +51,7 @@ def serve(
 ) -> None:
     """Serve ``model`` over HTTP on ``host:port`` until SIGINT or SIGTERM (call from the main thread).
 
-    The options are those of ``zoo serve`` (see :func:`zoo.serve.app.create_app`).
+    The options are those of ``zoo serve`` (see :func:`zoo.app.serve.app.create_app`).
     """
     app = create_app(model, max_batch=max_batch, max_delay_ms=max_delay_ms, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(

@@ -1,11 +1,15 @@
-"""The ``zoo`` command line (see DESIGN.md, "Command line"). Heavy parts (training, export) are
-imported inside their commands, so ``zoo list`` stays fast and ``zoo`` never imports them eagerly."""
+"""The ``zoo`` command line (the contract is in docs/ARCHITECTURE.md, "Command line").
+
+Each command imports the packages it needs inside its body (``training``, ``export``, the server,
+the report), through :func:`_needs_extra`: those come with optional extras of the distribution, so
+``zoo list`` stays fast and a command whose extra is not installed says which one to install."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,7 +24,7 @@ from zoo.device import DeviceUnavailableError
 from zoo.hub import CertificateMismatchError, CertifiedModel, load
 from zoo.registry import RegistryError, get_entry, load_registry
 
-if TYPE_CHECKING:  # export is imported inside the commands only
+if TYPE_CHECKING:  # export is imported inside the commands only (it needs the `export` extra)
     from export.propagation import Progress
     from export.verify import VerificationReport
 
@@ -47,9 +51,64 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+class Device(StrEnum):
+    """Where to run. ``cuda`` on a machine without CUDA is an error, never a silent CPU run (use
+    ``CUDA_VISIBLE_DEVICES`` to pick a GPU)."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(StrEnum):
+    """Training arithmetic: float32, or bfloat16 autocast (CUDA only)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class TritonInstances(StrEnum):
+    """Where Triton runs the model instances of an exported repository."""
+
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+# The optional extras of the distribution, by the top-level modules they bring.
+EXTRA_OF_MODULE = {
+    "sklearn": "train",
+    "torchvision": "train",
+    "onnxscript": "export",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "starlette": "serve",
+    "matplotlib": "report",
+}
+
+
 @app.callback()
 def main() -> None:
     """Certified 1-Lipschitz networks: train, certify, export and serve them."""
+
+
+@contextmanager
+def _needs_extra(command: str) -> Iterator[None]:
+    """Decorates a command: the ImportError of a module that an optional extra brings, wherever the
+    command imports it, becomes a one-line error naming the extra to install; any other ImportError
+    is a bug and propagates."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        top = (error.name or "").partition(".")[0]
+        if top not in EXTRA_OF_MODULE:
+            raise
+        extra = EXTRA_OF_MODULE[top]
+        errors.print(
+            f"[bold red]error:[/] zoo {command} needs the '{extra}' extra (module {top} is not installed): "
+            f"pip install 'lipschitz-zoo[{extra}]'",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @contextmanager
@@ -134,16 +193,17 @@ def _launch_torchrun(nproc: int, name: str, options: dict[str, object]) -> int:
 
 
 @app.command()
+@_needs_extra("train")
 def train(
     name: Annotated[str, typer.Argument(help="model name from models.yaml")],
     epochs: Annotated[int | None, typer.Option(help="override the recipe's epochs")] = None,
     out: Annotated[Path | None, typer.Option(help="output directory (default runs/NAME)")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    device: Annotated[Device, typer.Option(help="where to train")] = Device.cpu,
     resume: Annotated[bool, typer.Option(help="continue from OUT/train_state.pt")] = False,
     seed: Annotated[int | None, typer.Option(help="override the recipe's seed")] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     download: Annotated[bool, typer.Option(help="download the dataset into --data-dir if missing")] = False,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (CUDA only)")] = "fp32",
+    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast (CUDA only)")] = Precision.fp32,
     nproc: Annotated[int, typer.Option(help="processes to launch with torchrun (data parallel)")] = 1,
     progress: Annotated[bool, typer.Option(help="draw the progress bar")] = True,
 ) -> None:
@@ -155,18 +215,15 @@ def train(
         options = dict(
             epochs=epochs,
             out=out or Path("runs") / name,
-            device=device,
+            device=device.value,
             resume=resume,
             seed=seed,
             data_dir=data_dir,
             download=download,
-            precision=precision,
+            precision=precision.value,
             progress=progress,
         )
         raise typer.Exit(_launch_torchrun(nproc, name, options))
-    if precision not in ("fp32", "bf16"):
-        errors.print(f"[bold red]error:[/] unknown --precision {precision!r}; use fp32 or bf16")
-        raise typer.Exit(2)
     with _user_errors(TrainingStateError):
         entry = get_entry(name)
         result = run_training(
@@ -174,11 +231,11 @@ def train(
             out or Path("runs") / name,
             epochs=epochs,
             seed=seed,
-            device=device,
+            device=device.value,
             resume=resume,
             data_dir=data_dir,
             download=download,
-            precision=precision,
+            precision=precision.value,
             console=console,
             show_progress=progress,
         )
@@ -235,6 +292,7 @@ def certify(
 
 
 @app.command()
+@_needs_extra("export")
 def export(
     source: Annotated[str, typer.Argument(help="model name or checkpoint path")],
     out: Annotated[Path, typer.Option(help="output directory")],
@@ -243,8 +301,8 @@ def export(
     pt2: Annotated[bool, typer.Option("--pt2", help="write model.pt2 (torch.export)")] = False,
     triton: Annotated[bool, typer.Option("--triton", help="write a Triton model repository")] = False,
     triton_instances: Annotated[
-        str, typer.Option(help="where Triton runs the model instances: gpu or cpu")
-    ] = "gpu",
+        TritonInstances, typer.Option(help="where Triton runs the model instances")
+    ] = TritonInstances.gpu,
     triton_max_batch: Annotated[
         int, typer.Option(min=1, help="largest batch Triton's dynamic batcher forms")
     ] = 256,
@@ -265,7 +323,7 @@ def export(
             torchscript=torchscript,
             pt2=pt2,
             triton=triton,
-            triton_instances=triton_instances,
+            triton_instances=triton_instances.value,
             triton_max_batch=triton_max_batch,
             progress=report,
         )
@@ -360,7 +418,7 @@ def ship(
     run_dir: Annotated[Path, typer.Argument(help="a finished `zoo train` output directory")],
 ) -> None:
     """Ship a trained model: copy its checkpoint into the package and record it in models.yaml."""
-    from zoo.publish import ship as ship_model
+    from zoo.app.publish import ship as ship_model
 
     with _user_errors():
         target = ship_model(name, run_dir)
@@ -368,6 +426,7 @@ def ship(
 
 
 @app.command()
+@_needs_extra("report")
 def report(
     name: Annotated[str, typer.Argument(help="model name from models.yaml (with weights)")],
     out: Annotated[Path, typer.Option(help="output directory of the model card")] = Path("cards"),
@@ -376,7 +435,7 @@ def report(
     """Write a model card: Markdown with certified accuracy against eps and per-layer bounds plots."""
     from training.data import load_dataset
     from training.trainer import evaluation_split
-    from zoo.report import write_model_card
+    from zoo.app.report import write_model_card
 
     with _user_errors():
         entry = get_entry(name)
@@ -396,7 +455,7 @@ def bench(
     The arguments after NAME go to the script (``zoo bench layers --steps 5``; its own help:
     ``zoo bench layers -- --help``). The scripts print measured ratios side by side (against the
     plain network, exact computations or the peers); they need a source checkout of the repository."""
-    from zoo.benches import describe, find_benchmarks, run_benchmark
+    from zoo.app.benches import describe, find_benchmarks, run_benchmark
 
     with _user_errors():
         if name is None:
@@ -412,11 +471,12 @@ def bench(
 
 
 @app.command()
+@_needs_extra("serve")
 def serve(
     source: Annotated[str, typer.Argument(help="a zoo .onnx file, a checkpoint path or a model name")],
     host: Annotated[str, typer.Option(help="address to listen on (loopback only by default)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port)")] = 8000,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    device: Annotated[Device, typer.Option(help="where onnxruntime runs the model")] = Device.cpu,
     max_batch: Annotated[int, typer.Option(min=1, help="most examples per model call; 1: no batching")] = 32,
     max_delay_ms: Annotated[
         float, typer.Option(min=0, help="longest wait for a batch to fill; 0: run what has queued")
@@ -430,12 +490,12 @@ def serve(
     or a name is exported to ONNX first. Stops gracefully on SIGINT or SIGTERM."""
     import tempfile
 
-    from zoo.serve import open_model
-    from zoo.serve import serve as run_server
+    from zoo.app.serve import open_model
+    from zoo.app.serve import serve as run_server
 
     with tempfile.TemporaryDirectory(prefix="zoo-serve-") as workdir:
         with _user_errors():
-            served = open_model(source, device, Path(workdir))
+            served = open_model(source, device.value, Path(workdir))
         shape = ", ".join(map(str, served.input_shape))
         console.print(
             f"serving [bold]{served.name}[/]: inputs [-1, {shape}], {served.num_classes} classes, "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.serve.model import ServedModel
+from zoo.app.serve.model import ServedModel
 
 __all__ = [
     "HEADER_LENGTH",

@@ -32,13 +32,13 @@ import uvicorn
 from typer.testing import CliRunner
 
 from export.writers import read_onnx_certificate
+from zoo.app.cli import app as cli
+from zoo.app.serve import ServedModel, open_model
+from zoo.app.serve.app import create_app
 from zoo.certificate import Certificate
 from zoo.certify import certify
 from zoo.checkpoint import write_checkpoint
-from zoo.cli import app as cli
 from zoo.models import build
-from zoo.serve import ServedModel, open_model
-from zoo.serve.app import create_app
 
 INPUT_SHAPE = (1, 8, 8)
 ARCHITECTURE = {

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from zoo.benches import find_benchmarks, run_benchmark
+from zoo.app.benches import find_benchmarks, run_benchmark
 
 # name -> (tiny arguments, a fragment of the table it prints)
 SMOKE_RUNS = {

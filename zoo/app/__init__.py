@@ -1,0 +1,9 @@
+"""The application layer: the ``zoo`` command line, the server, model cards and publishing.
+
+This is the only part of the project that imports both ``training`` and ``export``; the core of
+``zoo`` (layers, bounds, certificates, checkpoints, the registry, ``zoo.load``) imports neither, and
+``training`` and ``export`` import only that core (``docs/ARCHITECTURE.md``, checked by
+``tests/test_layering.py``). The commands import what they need inside their own body, because each
+needs a different optional extra (``train``, ``export``, ``serve``, ``report``): a missing extra is a
+one-line error naming it, not an ImportError at ``zoo --help``.
+"""
