@@ -15,6 +15,7 @@ from zoo.certificate import Certificate
 from zoo.certify import certify
 from zoo.checkpoint import CheckpointError, atomic_write_bytes, parse_checkpoint
 from zoo.models import build
+from zoo.prediction import Predictions, check_inputs, input_range, predictions_from_logits
 from zoo.registry import get_entry
 
 __all__ = [
@@ -47,6 +48,43 @@ class CertifiedModel:
     def preprocessing(self) -> dict[str, Any]:
         """The input space the certificate is stated in (what a caller must feed the model)."""
         return dict(self.certificate.preprocessing)
+
+    @torch.no_grad()  # not inference_mode: its tensors could not be used with autograd afterwards
+    def predict(self, inputs: torch.Tensor, *, clamp: bool = False, batch_size: int = 256) -> Predictions:
+        """Class, margin and certified L2 radius of each example (what ``zoo serve`` answers).
+
+        Args:
+            inputs: (N, *certificate.input_shape) examples in the certificate's input space
+                (:attr:`preprocessing`); any float dtype, any device (moved to the model's).
+            clamp: clamp values outside the certificate's ``input_range`` into it (the examples
+                changed are marked in ``Predictions.clamped``) instead of raising.
+            batch_size: most examples run through the model at once (bounds the memory used).
+
+        Returns:
+            :class:`zoo.prediction.Predictions` of CPU tensors, one row per example.
+
+        Raises:
+            ValueError: the inputs do not have the certified shape or are not finite;
+                ``zoo.prediction.InputRangeError`` when values are outside the input range and
+                ``clamp`` is False.
+        """
+        shape = tuple(self.certificate.input_shape)
+        if not isinstance(inputs, torch.Tensor) or tuple(inputs.shape[1:]) != shape or inputs.dim() < 2:
+            got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise ValueError(
+                f"predict takes a batch of shape (N, {', '.join(map(str, shape))}), got {got} "
+                "(one example x: pass x.unsqueeze(0))"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        bounds = input_range(self.certificate.preprocessing)
+        inputs, clamped = check_inputs(inputs, bounds, clamp=clamp)
+        parameter = next(self.model.parameters())
+        logits = [
+            self.model(batch.to(device=parameter.device, dtype=parameter.dtype)).cpu()
+            for batch in inputs.split(batch_size)
+        ]
+        return predictions_from_logits(torch.cat(logits), self.certificate.lipschitz_bound, clamped)
 
 
 def check_certificate(model: nn.Module, embedded: Certificate, source: str) -> Certificate:

@@ -29,24 +29,16 @@ import pytest
 import torch
 import tritonclient.http as triton
 import uvicorn
+from toy_checkpoint import INPUT_SHAPE, write_toy_checkpoint
 from typer.testing import CliRunner
 
+import zoo
 from export.writers import read_onnx_certificate
 from zoo.app.cli import app as cli
 from zoo.app.serve import ServedModel, open_model
 from zoo.app.serve.app import create_app
 from zoo.certificate import Certificate
-from zoo.certify import certify
-from zoo.checkpoint import write_checkpoint
-from zoo.models import build
 
-INPUT_SHAPE = (1, 8, 8)
-ARCHITECTURE = {
-    "name": "lipconv",
-    "input_shape": list(INPUT_SHAPE),
-    "num_classes": 10,
-    "options": {"widths": [8, 16], "dense": [16]},
-}
 MODEL = "toy"  # the artifact's stem, hence the served model's name
 MAX_BODY_BYTES = 64 * 1024  # small, so that the oversized-body test stays cheap
 STARTUP_SECONDS = 60
@@ -66,18 +58,9 @@ def artifact(tmp_path_factory) -> Artifact:
     """A plain lipconv with random weights (nothing trained), certified, saved as a checkpoint, and
     opened for serving from that checkpoint, which exports it to ONNX (one export serves the tests
     of both kinds of source)."""
-    torch.manual_seed(0)
-    model = build(
-        ARCHITECTURE["name"],
-        input_shape=INPUT_SHAPE,
-        num_classes=ARCHITECTURE["num_classes"],
-        parametrized=False,
-        **ARCHITECTURE["options"],
-    ).eval()
-    certificate = certify(model, INPUT_SHAPE)
     directory = tmp_path_factory.mktemp("artifact")
     checkpoint = directory / f"{MODEL}.safetensors"
-    write_checkpoint(checkpoint, model.state_dict(), ARCHITECTURE, certificate)
+    model, certificate = write_toy_checkpoint(checkpoint, {})
     served = open_model(checkpoint, "cpu", directory / "workdir")
     return Artifact(checkpoint, directory / "workdir" / f"{MODEL}.onnx", certificate, model, served)
 
@@ -162,7 +145,7 @@ def test_health_server_and_model_metadata(client, artifact):
         assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [
             ("logits", "FP32", [-1, 10]),
             ("predicted_class", "INT64", [-1]),
-            ("margin", "FP32", [-1]),
+            ("margin", "FP64", [-1]),
             ("certified_radius", "FP64", [-1]),
         ]
         assert metadata["parameters"]["lipschitz_bound"] == artifact.certificate.lipschitz_bound
@@ -192,6 +175,16 @@ def test_infer_gives_logits_classes_margins_and_certified_radii(client, artifact
     assert response.json()["id"] == "req-2" and response.json()["model_version"] == "1"
     np.testing.assert_array_equal(outputs_of(response)["certified_radius"], out["certified_radius"])
     assert list(outputs_of(response)) == ["certified_radius"]
+
+
+def test_served_radii_are_those_of_certified_model_predict(client, artifact):
+    """The Python API and the server compute the same thing, from PyTorch and onnxruntime logits."""
+    x = examples(32, seed=6)
+    served = outputs_of(client.post(f"/v2/models/{MODEL}/infer", json=infer_body(x)))
+    predictions = zoo.load(artifact.checkpoint).predict(torch.from_numpy(x))
+    np.testing.assert_array_equal(served["predicted_class"], predictions.predicted_class)
+    np.testing.assert_allclose(served["certified_radius"], predictions.certified_radius, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(served["margin"], predictions.margin, rtol=1e-4, atol=1e-7)
 
 
 # --- bad input ------------------------------------------------------------------------------------

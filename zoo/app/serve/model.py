@@ -21,7 +21,7 @@ from export.verify import verify_onnx
 from export.writers import write_onnx
 from zoo.certificate import Certificate
 from zoo.hub import load
-from zoo.robustness import certified_radius
+from zoo.prediction import predictions_from_logits
 
 __all__ = ["ArtifactError", "ServedModel", "open_model"]
 
@@ -48,7 +48,8 @@ def _check_artifact(path: Path) -> Certificate:
 class ServedModel:
     """An onnxruntime session of a certified classifier, with the outputs the server derives from it.
 
-    For each example the server answers the logits and, from the certificate's bound ``L``:
+    For each example the server answers the logits and, from the certificate's bound ``L``, what
+    ``CertifiedModel.predict`` answers (``zoo.prediction.predictions_from_logits``):
     ``predicted_class`` (argmax), ``margin`` (top1 - top2) and ``certified_radius``
     ((top1 - top2) / (sqrt(2) * L), the L2 distance within which the prediction cannot change).
     """
@@ -81,20 +82,19 @@ class ServedModel:
         return {
             self.logits_name: (np.dtype(np.float32), (self.num_classes,)),
             "predicted_class": (np.dtype(np.int64), ()),
-            "margin": (np.dtype(np.float32), ()),
+            "margin": (np.dtype(np.float64), ()),
             "certified_radius": (np.dtype(np.float64), ()),
         }
 
     def predict(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """All outputs of :meth:`output_specs` for a float32 batch of shape (N, *input_shape)."""
         (logits,) = self.session.run([self.logits_name], {self.input_name: inputs})
-        top2 = np.partition(logits, -2, axis=1)[:, -2:]
-        radius = certified_radius(torch.from_numpy(logits), self.certificate.lipschitz_bound)
+        predictions = predictions_from_logits(torch.from_numpy(logits), self.certificate.lipschitz_bound)
         return {
             self.logits_name: logits,
-            "predicted_class": logits.argmax(axis=1).astype(np.int64),
-            "margin": top2[:, 1] - top2[:, 0],
-            "certified_radius": radius.numpy(),
+            "predicted_class": predictions.predicted_class.numpy(),
+            "margin": predictions.margin.numpy(),
+            "certified_radius": predictions.certified_radius.numpy(),
         }
 
 
