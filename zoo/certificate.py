@@ -3,6 +3,11 @@
 A certificate is stored as one canonical JSON string (sorted keys, no whitespace) so that a file that
 embeds it has reproducible bytes. It is always *computed* (see ``zoo.certify``); this module only
 describes and serialises it.
+
+Parsing is strict, since certificates are read from files of unknown origin: every bound and margin
+is a finite non-negative JSON number (NaN, infinities, strings and booleans are refused), every shape
+a non-empty list of positive integers, the weights hash 64 hex digits; a document nested too deeply
+for Python's parser is a ValueError like any other malformed one.
 """
 
 from __future__ import annotations
@@ -10,14 +15,62 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-__all__ = ["FORMAT_VERSION", "Certificate", "LayerBound", "weights_sha256"]
+__all__ = ["FORMAT_VERSION", "Certificate", "LayerBound", "parse_json", "parse_shape", "weights_sha256"]
 
 FORMAT_VERSION = 1
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """The JSON document ``text``; a ValueError naming ``what`` when it is not JSON, holds NaN or an
+    infinity, or nests too deeply for Python's recursive parser (a RecursionError otherwise)."""
+
+    def refuse_constant(name: str) -> None:
+        raise ValueError(f"{what} holds {name}, which is not a number")
+
+    try:
+        return json.loads(text, parse_constant=refuse_constant)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} is not valid JSON: {error}") from error
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} is not UTF-8 text: {error}") from error
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to be read") from None
+
+
+def _number(value: Any, field: str) -> float:
+    """A finite non-negative JSON number (int or float, never a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{field} must be finite and non-negative, got {value!r}")
+    return value
+
+
+def parse_shape(value: Any, field: str) -> tuple[int, ...]:
+    """``value`` as a shape: a non-empty list of positive integers (ValueError naming ``field``)."""
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+    ):
+        raise ValueError(f"{field} must be a non-empty list of positive integers, got {value!r}")
+    return tuple(value)
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string, got {value!r}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,42 +126,54 @@ class Certificate:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Certificate:
         """Parse a certificate dict; raises ValueError naming the missing or malformed field."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a certificate must be a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT_VERSION:
             raise ValueError(
                 f"certificate format {data.get('format')!r} is not supported (expected {FORMAT_VERSION})"
             )
         try:
-            layers = tuple(
-                LayerBound(
-                    name=str(layer["name"]),
-                    op=str(layer["op"]),
-                    bound=float(layer["bound"]),
-                    input_shape=tuple(int(d) for d in layer["input_shape"]),
-                )
-                for layer in data["layers"]
-            )
+            if not isinstance(data["layers"], list | tuple):
+                raise ValueError(f"layers must be a list, got {data['layers']!r}")
+            layers = tuple(_layer(layer, f"layers[{i}]") for i, layer in enumerate(data["layers"]))
+            if not isinstance(data["preprocessing"], Mapping):
+                raise ValueError(f"preprocessing must be an object, got {data['preprocessing']!r}")
+            digest = _text(data["weights_sha256"], "weights_sha256")
+            if not _SHA256.fullmatch(digest):
+                raise ValueError(f"weights_sha256 must be 64 lower-case hex digits, got {digest!r}")
             return cls(
-                lipschitz_bound=float(data["lipschitz_bound"]),
+                lipschitz_bound=_number(data["lipschitz_bound"], "lipschitz_bound"),
                 layers=layers,
-                method=str(data["method"]),
-                relative_margin=float(data["relative_margin"]),
-                input_shape=tuple(int(d) for d in data["input_shape"]),
+                method=_text(data["method"], "method"),
+                relative_margin=_number(data["relative_margin"], "relative_margin"),
+                input_shape=parse_shape(data["input_shape"], "input_shape"),
                 preprocessing=dict(data["preprocessing"]),
-                weights_sha256=str(data["weights_sha256"]),
-                library_version=str(data["library_version"]),
+                weights_sha256=digest,
+                library_version=_text(data["library_version"], "library_version"),
             )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"malformed certificate: {error!r}") from error
+        except KeyError as error:
+            raise ValueError(f"malformed certificate: no field {error}") from None
+        except ValueError as error:
+            raise ValueError(f"malformed certificate: {error}") from None
 
     @classmethod
     def from_json(cls, text: str) -> Certificate:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"certificate is not valid JSON: {error}") from error
-        if not isinstance(data, dict):
-            raise ValueError("certificate JSON must be an object")
-        return cls.from_dict(data)
+        """Parse the JSON form (see :meth:`from_dict` and :func:`parse_json` for what is refused)."""
+        return cls.from_dict(parse_json(text, "the certificate"))
+
+
+def _layer(data: Any, field: str) -> LayerBound:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{field} must be an object, got {data!r}")
+    try:
+        return LayerBound(
+            name=_text(data["name"], f"{field}.name"),
+            op=_text(data["op"], f"{field}.op"),
+            bound=_number(data["bound"], f"{field}.bound"),
+            input_shape=parse_shape(data["input_shape"], f"{field}.input_shape"),
+        )
+    except KeyError as error:
+        raise ValueError(f"{field} has no field {error}") from None
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:

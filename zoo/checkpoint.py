@@ -1,7 +1,9 @@
 """Certified checkpoints: plain weights in safetensors with one canonical JSON metadata value.
 
 The single metadata key ``zoo`` holds ``{"architecture": ..., "certificate": ...}`` as canonical JSON,
-so the same weights always give the same file bytes. Nothing here unpickles anything.
+so the same weights always give the same file bytes. Nothing here unpickles anything, and the metadata
+is parsed strictly (:func:`zoo.certificate.parse_json`): a file of unknown origin gets a
+:class:`CheckpointError` naming what is wrong, never another exception.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from zoo.certificate import Certificate
+from zoo.certificate import Certificate, parse_json, parse_shape
 
 __all__ = [
     "METADATA_KEY",
@@ -119,16 +121,39 @@ def parse_checkpoint(data: bytes, source: str) -> CertifiedCheckpoint:
     try:
         state_dict = safetensors_load(data)
         header_size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_size])
-    except (SafetensorError, ValueError, UnicodeDecodeError) as error:
+        header = parse_json(data[8 : 8 + header_size], "the safetensors header")
+    except (SafetensorError, ValueError) as error:
         raise CheckpointError(f"{source}: not a readable safetensors file ({error})") from error
     metadata = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if metadata is None:
         raise CheckpointError(f"{source}: no '{METADATA_KEY}' metadata: not a certified zoo checkpoint")
     try:
-        document = json.loads(metadata)
-        architecture = dict(document["architecture"])
-        certificate = Certificate.from_dict(document["certificate"])
-    except (ValueError, KeyError, TypeError) as error:
+        document = parse_json(metadata, f"the '{METADATA_KEY}' metadata")
+        if not isinstance(document, dict):
+            raise ValueError(f"it must be a JSON object, got {type(document).__name__}")
+        architecture = _architecture(document.get("architecture"))
+        certificate = Certificate.from_dict(document.get("certificate"))
+    except ValueError as error:
         raise CheckpointError(f"{source}: malformed '{METADATA_KEY}' metadata ({error})") from error
+    if certificate.input_shape != tuple(architecture["input_shape"]):
+        raise CheckpointError(
+            f"{source}: the certificate is for inputs of shape {certificate.input_shape}, the recorded "
+            f"architecture takes {tuple(architecture['input_shape'])}"
+        )
     return CertifiedCheckpoint(state_dict, architecture, certificate)
+
+
+def _architecture(data: Any) -> dict[str, Any]:
+    """The recorded architecture, its fields checked: ``name`` (text), ``input_shape`` (positive
+    sizes), ``num_classes`` (a positive integer), ``options`` (an object, optional)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"architecture must be a JSON object, got {data!r}")
+    if not isinstance(data.get("name"), str):
+        raise ValueError(f"architecture.name must be a string, got {data.get('name')!r}")
+    parse_shape(data.get("input_shape"), "architecture.input_shape")
+    classes = data.get("num_classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ValueError(f"architecture.num_classes must be a positive integer, got {classes!r}")
+    if not isinstance(data.get("options", {}), dict):
+        raise ValueError(f"architecture.options must be an object, got {data['options']!r}")
+    return dict(data)

@@ -1,19 +1,38 @@
-"""``zoo.load``: the plain model, its certificate re-computed and checked, from a file or a name."""
+"""``zoo.load``: the plain model, its certificate re-computed and checked, from a file or a name.
+
+What a load guarantees: the certificate returned is true of the weights returned (it is recomputed
+from them, and the file's own certificate must not claim less); for a models.yaml name, the file is
+the one models.yaml pins by sha256; for a path, the file is the one the caller pins with
+``expected_sha256``, if given. A file's weights can be replaced and its certificate recomputed by
+anyone, so without a pin a load says nothing about *who* made the model.
+
+A file of unknown origin is checked before anything is allocated for it: the recorded architecture is
+first built on the meta device and its tensors compared with the file's, and the input shape is held
+to a size limit (:mod:`zoo.limits`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import tempfile
+import urllib.request
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 from torch import nn
 
 from zoo.certificate import Certificate
 from zoo.certify import certify
-from zoo.checkpoint import CheckpointError, atomic_write_bytes, parse_checkpoint
+from zoo.checkpoint import CertifiedCheckpoint, CheckpointError, parse_checkpoint
+from zoo.limits import DEFAULT_MAX_ELEMENTS, SizeLimitError, check_elements
 from zoo.models import build
 from zoo.prediction import Predictions, check_inputs, input_range, predictions_from_logits
 from zoo.registry import get_entry
@@ -24,6 +43,7 @@ __all__ = [
     "CertifiedModel",
     "cache_dir",
     "check_certificate",
+    "check_sha256",
     "load",
     "load_bytes",
 ]
@@ -118,22 +138,67 @@ def cache_dir() -> Path:
     return torch_home / "hub" / "checkpoints"
 
 
-def _download(url: str, target: Path, name: str) -> None:
+DOWNLOAD_TIMEOUT = 60.0
+"""Seconds a download may wait for the server (to connect, or between two chunks)."""
+
+MAX_DOWNLOAD_BYTES = 2**31
+"""Largest checkpoint downloaded (2 GiB): a server that sends more is cut off."""
+
+
+def _download(url: str, target: Path, name: str, sha256: str, progress: bool) -> None:
+    """Stream ``url`` into ``target`` with a progress bar (stderr), its sha256 computed on the way.
+
+    The bytes go to a temporary file beside ``target`` that becomes ``target`` only once complete and
+    of hash ``sha256``: a failed, cut or mismatching download leaves nothing in the cache.
+    """
     if os.environ.get("ZOO_OFFLINE") == "1":
         raise CheckpointError(
             f"{name}: not in the cache ({target}) and ZOO_OFFLINE=1 forbids downloading {url}"
         )
-    import urllib.request
-
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            data = response.read()
+        with os.fdopen(fd, "wb") as file, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if total is not None and total > MAX_DOWNLOAD_BYTES:
+                raise CheckpointError(f"{name}: {url} is {total:,} bytes, above {MAX_DOWNLOAD_BYTES:,}")
+            columns = (*Progress.get_default_columns()[:-1], DownloadColumn(), TransferSpeedColumn())
+            console = Console(stderr=True, quiet=not progress)
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task(f"downloading {name}", total=total)
+                while chunk := response.read(1 << 20):
+                    file.write(chunk)
+                    digest.update(chunk)
+                    bar.advance(task, len(chunk))
+                    if file.tell() > MAX_DOWNLOAD_BYTES:
+                        raise CheckpointError(f"{name}: {url} sends more than {MAX_DOWNLOAD_BYTES:,} bytes")
+            if total is not None and file.tell() != total:
+                raise CheckpointError(f"{name}: {url} ended after {file.tell():,} of {total:,} bytes")
+            file.flush()
+            os.fsync(file.fileno())
+        if digest.hexdigest() != sha256:
+            raise CheckpointError(
+                f"{name}: the file downloaded from {url} has sha256 {digest.hexdigest()}, "
+                f"not the {sha256} recorded in models.yaml: refused (nothing was cached)"
+            )
+        os.replace(partial, target)
     except OSError as error:
         raise CheckpointError(f"{name}: cannot download {url} ({error})") from error
-    atomic_write_bytes(target, data)
+    finally:
+        Path(partial).unlink(missing_ok=True)
 
 
-def _resolve(source: str | os.PathLike) -> tuple[Path, bytes]:
+def check_sha256(data: bytes, expected: str, source: str) -> None:
+    """:class:`CheckpointError` unless the sha256 of ``data`` (the bytes of ``source``) is ``expected``
+    (64 hex digits, case ignored)."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected.strip().lower():
+        raise CheckpointError(f"{source}: its sha256 is {actual}, not the expected {expected}")
+
+
+def _resolve(source: str | os.PathLike, progress: bool) -> tuple[Path, bytes]:
     """The path and bytes of an existing checkpoint, or of the checkpoint of a registry entry: the
     shipped file, else the cache, else a download from its url. A registry entry's file is read once
     and those bytes are checked against the sha256 of models.yaml on every load, wherever they come
@@ -152,7 +217,7 @@ def _resolve(source: str | os.PathLike) -> tuple[Path, bytes]:
     elif entry.url is not None:
         path = cache_dir() / f"{entry.name}-{entry.sha256[:10]}.safetensors"
         if not path.is_file():
-            _download(entry.url, path, entry.name)
+            _download(entry.url, path, entry.name, entry.sha256, progress)
     else:
         raise CheckpointError(f"{entry.name}: checkpoint file {shipped} is missing")
     data = path.read_bytes()
@@ -163,30 +228,95 @@ def _resolve(source: str | os.PathLike) -> tuple[Path, bytes]:
     return path, data
 
 
-def load(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> CertifiedModel:
+def load(
+    source: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    expected_sha256: str | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    progress: bool = True,
+) -> CertifiedModel:
     """Load a certified model from a checkpoint path or a models.yaml name.
 
     The weights are loaded into the plain architecture (no unpickling), then the certificate is
     recomputed from them and compared with the embedded one; any mismatch refuses the file.
+
+    Args:
+        source: a checkpoint path, or a models.yaml name (its file is pinned by the registry's sha256).
+        device: where the model is put.
+        expected_sha256: the sha256 the file's bytes must have (pin a file obtained elsewhere).
+        max_elements: largest input example (elements) the recorded architecture may declare.
+        progress: draw a progress bar on stderr while downloading a registry checkpoint.
+
+    Raises:
+        CheckpointError: a missing, unreadable, malformed or unpinned file, or one too large.
+        CertificateMismatchError: weights that do not satisfy the file's certificate.
     """
-    path, data = _resolve(source)
-    return load_bytes(data, str(path), device=device)
+    path, data = _resolve(source, progress)
+    if expected_sha256 is not None:
+        check_sha256(data, expected_sha256, str(path))
+    return load_bytes(data, str(path), device=device, max_elements=max_elements)
 
 
-def load_bytes(data: bytes, source: str, *, device: str | torch.device = "cpu") -> CertifiedModel:
+def load_bytes(
+    data: bytes,
+    source: str,
+    *,
+    device: str | torch.device = "cpu",
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> CertifiedModel:
     """:func:`load` for the bytes of a checkpoint already read; ``source`` names them in errors."""
     checkpoint = parse_checkpoint(data, source)
     arch = checkpoint.architecture
     try:
-        model = build(
+        check_elements(arch["input_shape"], "the recorded input", max_elements)
+    except SizeLimitError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Initializing zero-element tensors": refused just below
+        _check_tensors(_build(checkpoint, source), checkpoint.state_dict, source)
+    model = _build(checkpoint, source)
+    model.load_state_dict(checkpoint.state_dict, strict=True)
+    try:
+        certificate = check_certificate(model, checkpoint.certificate, source)
+    except (RuntimeError, ValueError) as error:
+        if isinstance(error, CertificateMismatchError):
+            raise
+        raise CheckpointError(f"{source}: the weights cannot be certified ({error})") from error
+    return CertifiedModel(model.to(device).eval(), certificate, arch)
+
+
+def _build(checkpoint: CertifiedCheckpoint, source: str) -> nn.Module:
+    """The plain network of the checkpoint's recorded architecture (on the default device)."""
+    arch = checkpoint.architecture
+    try:
+        return build(
             arch["name"],
             input_shape=tuple(arch["input_shape"]),
             num_classes=arch["num_classes"],
             parametrized=False,
             **arch.get("options", {}),
         )
-        model.load_state_dict(checkpoint.state_dict, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{source}: weights do not fit the recorded architecture ({error})") from error
-    certificate = check_certificate(model, checkpoint.certificate, source)
-    return CertifiedModel(model.to(device).eval(), certificate, arch)
+    except Exception as error:  # options come from the file: whatever they break is the file's fault
+        message = " ".join(str(error).split())
+        raise CheckpointError(f"{source}: the recorded architecture cannot be built ({message})") from error
+
+
+def _check_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """:class:`CheckpointError` unless the file holds exactly the tensors ``model`` (built on the meta
+    device, so at no cost) has, name by name and shape by shape: an architecture recorded with huge
+    widths is refused before it is built for real."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    for name in sorted(expected.keys() | found.keys()):
+        if expected.get(name) != found.get(name):
+            size = sum(math.prod(shape) for shape in expected.values())
+            raise CheckpointError(
+                f"{source}: the recorded architecture ({size:,} weights) does not fit the file's "
+                f"tensors: {name} is {_describe(expected.get(name))} in the architecture, "
+                f"{_describe(found.get(name))} in the file"
+            )
+
+
+def _describe(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else f"of shape {shape}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -86,3 +87,104 @@ def test_truncated_and_foreign_files_are_refused(short_run, tmp_path):
         zoo.load(foreign)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         zoo.load(tmp_path / "missing.safetensors")
+
+
+def _with_metadata(source, target, edit) -> None:
+    """A copy of the checkpoint ``source`` at ``target`` whose 'zoo' metadata document is
+    ``edit(document)`` (a dict, or the text itself when ``edit`` returns a string)."""
+    from safetensors.torch import save_file
+
+    checkpoint = read_checkpoint(source)
+    document = {"architecture": checkpoint.architecture, "certificate": checkpoint.certificate.to_dict()}
+    edited = edit(json.loads(json.dumps(document)))
+    text = edited if isinstance(edited, str) else json.dumps(edited)
+    save_file(checkpoint.state_dict, target, metadata={"zoo": text})
+
+
+def _edit_architecture(**fields):
+    def edit(document):
+        document["architecture"].update(fields)
+        return document
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: "[" * 100_000 + "]" * 100_000, r"malformed 'zoo' metadata \(.* nested too deeply"),
+        (lambda d: '{"architecture": NaN}', r"malformed 'zoo' metadata \(.*holds NaN"),
+        (lambda d: "[]", r"malformed 'zoo' metadata \(it must be a JSON object, got list\)"),
+        (
+            lambda d: {**d, "certificate": {**d["certificate"], "lipschitz_bound": -1}},
+            r"lipschitz_bound must be finite and non-negative",
+        ),
+        (
+            lambda d: {**d, "certificate": {**d["certificate"], "input_shape": [1, 9, 9]}},
+            r"inputs of shape \(1, 9, 9\), the recorded architecture takes \(1, 8, 8\)",
+        ),
+        (_edit_architecture(num_classes=0), r"architecture\.num_classes must be a positive integer"),
+        (_edit_architecture(input_shape=[1, -8, 8]), r"architecture\.input_shape must be a non-empty list"),
+        (_edit_architecture(options=[]), r"architecture\.options must be an object"),
+        (_edit_architecture(name="nonet"), r"cannot be built \(unknown architecture 'nonet'"),
+    ],
+)
+def test_malformed_metadata_is_a_checkpoint_error(short_run, tmp_path, edit, message):
+    path = tmp_path / "edited.safetensors"
+    _with_metadata(short_run.checkpoint, path, edit)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        zoo.load(path)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("widths", "message"),
+    [
+        ([0, 0, 0], r"0\.bias is of shape \(0,\) in the architecture, of shape \(16,\) in the file"),
+        ([10_000, 10_000, 10_000], r"\(1,805,241,418 weights\) does not fit the file's tensors"),
+    ],
+)
+def test_an_architecture_that_does_not_fit_the_tensors_is_refused_before_it_is_built(
+    short_run, tmp_path, monkeypatch, widths, message
+):
+    path = tmp_path / "widths.safetensors"
+    options = {**read_checkpoint(short_run.checkpoint).architecture["options"], "widths": widths}
+    _with_metadata(short_run.checkpoint, path, _edit_architecture(options=options))
+    built = []
+    monkeypatch.setattr(
+        "zoo.hub.build", lambda *a, **k: built.append(torch.empty(0).device) or _build(*a, **k)
+    )
+    with pytest.raises(CheckpointError, match=message):
+        zoo.load(path)
+    assert built == [torch.device("meta")]  # only the meta build ran: nothing was allocated
+
+
+def _build(*args, **kwargs):
+    from zoo.models import build
+
+    return build(*args, **kwargs)
+
+
+def test_a_huge_recorded_input_is_refused(short_run, tmp_path):
+    path = tmp_path / "input.safetensors"
+
+    def edit(document):
+        document["architecture"]["input_shape"] = document["certificate"]["input_shape"] = [
+            1,
+            100_000,
+            100_000,
+        ]
+        return document
+
+    _with_metadata(short_run.checkpoint, path, edit)
+    with pytest.raises(
+        CheckpointError, match=r"the recorded input has shape \(1, 100000, 100000\).*--max-elements"
+    ):
+        zoo.load(path)
+
+
+def test_expected_sha256_pins_the_file(short_run):
+    sha = hashlib.sha256(short_run.checkpoint.read_bytes()).hexdigest()
+    assert zoo.load(short_run.checkpoint, expected_sha256=sha.upper()).certificate == short_run.certificate
+    with pytest.raises(CheckpointError, match=f"its sha256 is {sha}, not the expected {'0' * 64}"):
+        zoo.load(short_run.checkpoint, expected_sha256="0" * 64)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import shutil
+import threading
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -74,3 +77,87 @@ def test_an_entry_without_weights_says_how_to_get_them(registry_with):
     registry_with()
     with pytest.raises(CheckpointError, match=r"zoo train lipconv_s\.digits_hkr"):
         zoo.load("lipconv_s.digits_hkr")
+
+
+class _Server(http.server.BaseHTTPRequestHandler):
+    """Serves ``body`` at every path, announcing ``length`` bytes (a cut transfer when longer), or
+    answers 404 when ``body`` is None."""
+
+    body: bytes | None = None
+    length: int | None = None
+
+    def do_GET(self) -> None:
+        if self.body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.length or len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch) -> Iterator[type[_Server]]:
+    """A local HTTP server (loopback, any free port): set ``server.body`` / ``server.length``, and
+    ``server.url`` is where to get them. models.yaml accepts https and file urls only, so the entry is
+    pointed at it after validation (``zoo.hub.get_entry`` patched)."""
+    handler = type("Handler", (_Server,), {})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    handler.url = f"http://127.0.0.1:{httpd.server_address[1]}/model.safetensors"
+    validated = zoo.hub.get_entry
+    monkeypatch.setattr(
+        zoo.hub, "get_entry", lambda name: validated(name).model_copy(update={"url": handler.url})
+    )
+    yield handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _cached(tmp_path) -> list[str]:
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    return sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+
+
+def test_a_download_over_http_streams_into_the_cache(registry_with, short_run, tmp_path, server):
+    server.body = short_run.checkpoint.read_bytes()
+    registry_with(
+        url="https://example.invalid/model.safetensors", sha256=hashlib.sha256(server.body).hexdigest()
+    )
+    assert zoo.load("lipconv_s.digits_hkr", progress=False).certificate == short_run.certificate
+    (cached,) = _cached(tmp_path)
+    assert cached.endswith(".safetensors") and not cached.startswith(".")
+    server.body = None  # a second load reads the cache, not the server
+    assert zoo.load("lipconv_s.digits_hkr").certificate == short_run.certificate
+
+
+@pytest.mark.parametrize(
+    ("body", "length", "message"),
+    [
+        (
+            b"not the pinned file",
+            None,
+            r"has sha256 [0-9a-f]{64}, not the [0-9a-f]{64} recorded in models\.yaml",
+        ),
+        (b"half a file", 1000, r"(ended after 11 of 1,000 bytes|cannot download)"),
+        (None, None, r"cannot download http://127\.0\.0\.1:\d+/model\.safetensors \(HTTP Error 404"),
+    ],
+    ids=["mismatching hash", "cut transfer", "404"],
+)
+def test_a_failed_download_leaves_nothing_in_the_cache(
+    registry_with, short_run, tmp_path, server, body, length, message
+):
+    server.body, server.length = body, length
+    registry_with(
+        url="https://example.invalid/model.safetensors",
+        sha256=hashlib.sha256(short_run.checkpoint.read_bytes()).hexdigest(),
+    )
+    with pytest.raises(CheckpointError, match=message):
+        zoo.load("lipconv_s.digits_hkr", progress=False)
+    assert _cached(tmp_path) == []  # not even a partial file
+    server.body, server.length = short_run.checkpoint.read_bytes(), None  # the next attempt succeeds
+    assert zoo.load("lipconv_s.digits_hkr", progress=False).certificate == short_run.certificate

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -113,10 +114,13 @@ def _needs_extra(command: str) -> Iterator[None]:
 
 @contextmanager
 def _user_errors(*extra: type[Exception]) -> Iterator[None]:
+    """Errors of bad input or refused files become one line on stderr (messages quoted from a
+    library may span several: their whitespace is collapsed) and exit code 1."""
     try:
         yield
     except (*USER_ERRORS, *extra) as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        message = " ".join(str(error).split())
+        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -253,9 +257,12 @@ def train(
     console.print(f"checkpoint: {result.checkpoint}")
 
 
-def _load_or_exit(source: str) -> CertifiedModel:
+EXPECT_SHA256_HELP = "refuse the file unless its sha256 is this (pin a file obtained elsewhere)"
+
+
+def _load_or_exit(source: str, expected_sha256: str | None = None) -> CertifiedModel:
     with _user_errors():
-        return load(source)
+        return load(source, expected_sha256=expected_sha256)
 
 
 def _layer_table(title: str, layers: Iterable[LayerBound]) -> Table:
@@ -281,9 +288,10 @@ def _print_certificate(certificate: Certificate, title: str) -> None:
 def certify(
     source: Annotated[str, typer.Argument(help="model name or checkpoint path")],
     json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    expect_sha256: Annotated[str | None, typer.Option(help=EXPECT_SHA256_HELP)] = None,
 ) -> None:
     """Per-layer bounds and the global bound, recomputed from the weights."""
-    certified = _load_or_exit(source)
+    certified = _load_or_exit(source, expect_sha256)
     certificate = certified.certificate
     if json_output:
         print(certificate.to_json())
