@@ -5,8 +5,8 @@ Run: ``zoo bench continual [--epochs 8] [--seeds 0 1 2] [--only ar1 er]``
 
 Every strategy trains the same small 1-Lipschitz lipconv (widths 8/16/32, dense 64) on scikit-learn's
 digits split into 5 experiences of 2 classes, ``--epochs`` epochs per experience, with each seed;
-the final model is folded and certified by ``train_continual`` like any zoo model. The table gives,
-mean ± std over the seeds, the class-incremental final average accuracy and forgetting, the
+the final model is folded and certified by ``training.trainer.train`` like any zoo model. The table
+gives, mean ± std over the seeds, the class-incremental final average accuracy and forgetting, the
 task-incremental final average accuracy, the certified accuracy at L2 radius 0.1 on the full test
 set, and the certified Lipschitz bound of each seed's final model.
 """
@@ -23,8 +23,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from training.continual import train_continual
 from training.data import Dataset, load_digits
+from training.trainer import RunOptions, train
 from zoo.registry import ModelEntry
 
 BUFFER = 200
@@ -80,14 +80,8 @@ def entry(strategy: str, epochs: int) -> ModelEntry:
 def run(strategy: str, epochs: int, seed: int, data: Dataset) -> dict[str, float]:
     """Train one strategy with one seed; the figures of its final model."""
     with tempfile.TemporaryDirectory() as out:
-        result = train_continual(
-            entry(strategy, epochs),
-            out,
-            seed=seed,
-            data=data,
-            console=Console(quiet=True),
-            show_progress=False,
-        )
+        options = RunOptions(seed=seed, progress=False)
+        result = train(entry(strategy, epochs), out, options, data=data, console=Console(quiet=True))
     continual = result.metrics["continual"]
     return {
         "accuracy": continual["class_il"]["final_average_accuracy"],

@@ -25,8 +25,7 @@ import torch
 from rich.console import Console
 
 from training.data import Dataset, load_digits
-from training.trainer import train
-from training.transfer import train_transfer
+from training.trainer import RunOptions, train
 from zoo.registry import ModelEntry, get_entry
 
 SOURCE = "lipconv_xs.digits_source04"
@@ -60,15 +59,9 @@ def run(
 ) -> tuple[float, float]:
     """(clean, certified) test accuracy of one fine-tuning run."""
     entry = target_entry(method, *source, fraction)
-    result = train_transfer(
-        entry,
-        out / f"{method}-{fraction}-{seed}",
-        epochs=epochs,
-        seed=seed,
-        data=data,
-        console=Console(quiet=True),
-        show_progress=False,
-    )
+    options = RunOptions(epochs=epochs, seed=seed, progress=False)
+    run_dir = out / f"{method}-{fraction}-{seed}"
+    result = train(entry, run_dir, options, data=data, console=Console(quiet=True))
     return result.metrics["clean_accuracy"], result.metrics["certified_accuracy"][eps]
 
 
@@ -97,9 +90,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch_dir:
         out = args.out or Path(scratch_dir)
         source_entry = get_entry(SOURCE)
-        source = train(
-            source_entry, out / "source", data=data, console=Console(quiet=True), show_progress=False
-        )
+        quiet = RunOptions(progress=False)
+        source = train(source_entry, out / "source", quiet, data=data, console=Console(quiet=True))
         scale = source_entry.recipe.loss.params["tau"]
         console.print(
             f"source {SOURCE} (digits 0-4): clean {100 * source.metrics['clean_accuracy']:.1f} %, certified "

@@ -7,7 +7,7 @@ import torch
 from rich.console import Console
 
 from training.data import load_digits
-from training.trainer import TrainResult, train
+from training.trainer import RunOptions, TrainResult, train
 from zoo.registry import get_entry
 
 DIGITS_MODEL = "lipconv_s.digits_hkr"
@@ -32,11 +32,5 @@ def digits():
 def short_run(tmp_path_factory, digits) -> TrainResult:
     """Two epochs of the digits recipe: a real folded, certified checkpoint in a few seconds."""
     out = tmp_path_factory.mktemp("short_run")
-    return train(
-        get_entry(DIGITS_MODEL),
-        out,
-        epochs=2,
-        data=digits,
-        console=Console(quiet=True),
-        show_progress=False,
-    )
+    options = RunOptions(epochs=2, progress=False)
+    return train(get_entry(DIGITS_MODEL), out, options, data=digits, console=Console(quiet=True))

@@ -70,3 +70,27 @@ def test_the_check_sees_lazy_and_from_imports(tmp_path):
     found = {name for _, name in imported_modules(module)}
     assert {"zoo.app", "export.verify"} <= found
     assert {part_of(name) for name in found} >= {"zoo.app", "export"}
+
+
+def test_the_training_package_has_no_import_cycle():
+    """training.trainer is the one entry point: it imports the protocols (plain, transfer,
+    continual); they never import it back, directly or through another module."""
+    modules = {}
+    for path in sorted((ROOT / "training").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    imports = {
+        name: {module for _, module in imported_modules(path) if module in modules and module != name}
+        for name, path in modules.items()
+    }
+
+    def reaches(start: str, target: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for module in imports[todo.pop()] - seen:
+                seen.add(module)
+                todo.append(module)
+        return target in seen
+
+    cycles = [name for name in modules if reaches(name, name)]
+    assert not cycles, f"modules on an import cycle: {', '.join(cycles)}"

@@ -48,7 +48,7 @@ def test_the_zoo_ships_models():
 def test_zoo_train_reproduces_the_shipped_digits_model(tmp_path, digits):
     from rich.console import Console
 
-    from training.trainer import train
+    from training.trainer import RunOptions, train
 
     name = "lipconv_s.digits_hkr"
     entry = load_registry()[name]
@@ -57,7 +57,7 @@ def test_zoo_train_reproduces_the_shipped_digits_model(tmp_path, digits):
     threads = torch.get_num_threads()
     torch.set_num_threads(int(entry.metrics.get("torch_threads", threads)))
     try:
-        result = train(entry, tmp_path, data=digits, console=Console(quiet=True), show_progress=False)
+        result = train(entry, tmp_path, RunOptions(progress=False), data=digits, console=Console(quiet=True))
     finally:
         torch.set_num_threads(threads)
     assert result.metrics["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=0.01)

@@ -1,5 +1,5 @@
-"""train_continual end to end: certified checkpoints zoo.load accepts, metrics files, resume after a
-kill, and recipe errors that name the entry and the field."""
+"""Continual recipes through the trainer end to end: certified checkpoints zoo.load accepts, metrics
+files, resume after a kill, and recipe errors that name the entry and the field."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 import zoo
-from training.continual import CONTINUAL_FILE, runner, train_continual
+from training import trainer
+from training.continual import CONTINUAL_FILE
 from training.continual.recipe import ContinualRecipeError, parse_continual_recipe
-from training.trainer import METRICS_FILE, STATE_FILE, TrainingStateError, train
+from training.trainer import METRICS_FILE, STATE_FILE, RunOptions, TrainingStateError, train
 from zoo.registry import ModelEntry, load_registry
 
 TINY = {"widths": [4, 8, 8], "dense": [16]}
@@ -47,13 +48,11 @@ def _entry(strategy: dict[str, Any], experiences: int = 5, **continual: Any) -> 
 
 
 def _run(entry: ModelEntry, out, digits, **kwargs: Any):
-    return train_continual(
-        entry, out, data=digits, console=Console(quiet=True), show_progress=False, **kwargs
-    )
+    return train(entry, out, RunOptions(progress=False, **kwargs), data=digits, console=Console(quiet=True))
 
 
 def test_zoo_train_produces_a_certified_checkpoint_that_zoo_load_accepts(tmp_path, digits):
-    result = train(_entry(AR1), tmp_path, data=digits, console=Console(quiet=True), show_progress=False)
+    result = _run(_entry(AR1), tmp_path, digits)
     loaded = zoo.load(result.checkpoint)
     assert loaded.certificate.lipschitz_bound == pytest.approx(result.certificate.lipschitz_bound)
     with torch.no_grad():
@@ -80,18 +79,18 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits, monkeypatch)
     entry = _entry(AR1, experiences=5)
     reference = _run(entry, tmp_path / "reference", digits)
 
-    real_save, saves = runner.save_state, []
+    real_save, saves = trainer.save_state, []
 
     def save_then_die(*args: Any, **kwargs: Any) -> None:
         real_save(*args, **kwargs)
-        saves.append(kwargs["experience"])
+        saves.append(kwargs["unit"])
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "save_state", save_then_die)
+    monkeypatch.setattr(trainer, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run(entry, tmp_path / "killed", digits)
-    monkeypatch.setattr(runner, "save_state", real_save)
+    monkeypatch.setattr(trainer, "save_state", real_save)
     with pytest.raises(TrainingStateError, match="resume"):
         _run(entry, tmp_path / "killed", digits)
     resumed = _run(entry, tmp_path / "killed", digits, resume=True)

@@ -13,7 +13,7 @@ import yaml
 from rich.console import Console
 from safetensors.torch import load_file
 
-from training.trainer import train
+from training.trainer import RunOptions, train
 from zoo.registry import load_registry
 
 ENTRY = {
@@ -41,7 +41,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, digits):
     registry = tmp_path / "models.yaml"
     registry.write_text(yaml.safe_dump({"models": {"lipconv.ddp_test": ENTRY}}))
     entry = load_registry(registry)["lipconv.ddp_test"]
-    single = train(entry, tmp_path / "single", data=digits, console=Console(quiet=True), show_progress=False)
+    quiet = RunOptions(progress=False)
+    single = train(entry, tmp_path / "single", quiet, data=digits, console=Console(quiet=True))
 
     command = [
         sys.executable,
@@ -62,5 +63,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, digits):
 
     expected, actual = load_file(single.checkpoint), load_file(tmp_path / "ddp" / "model.safetensors")
     assert expected.keys() == actual.keys()
+    # The shards' gradients are summed in another order than the global batch's. Float summation order
+    # alone moves these weights (largest about 0.4) by up to 1.6e-4 after the 28 steps: one-process runs
+    # with 1 and 2 torch threads differ by that much. So the check is at 1e-3.
     for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-3)

@@ -1,8 +1,11 @@
-"""The trainer: deterministic, resumable after a kill, folded and certified at the end."""
+"""The trainer: one entry point for every kind of recipe; deterministic, resumable after a kill,
+folded and certified at the end."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,8 +15,11 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
-from training.trainer import STATE_FILE, TrainingStateError, train
+from training import trainer
+from training.trainer import STATE_FILE, RunOptions, TrainingStateError, train
+from zoo.app.cli import app
 from zoo.device import DeviceUnavailableError
 from zoo.registry import get_entry
 
@@ -22,15 +28,9 @@ DIGITS_MODEL = "lipconv_s.digits_hkr"
 EPOCHS = 6
 
 
-def _train(out, digits, **kwargs):
-    return train(
-        get_entry(DIGITS_MODEL),
-        out,
-        data=digits,
-        console=Console(quiet=True),
-        show_progress=False,
-        **kwargs,
-    )
+def _train(out, digits, **options):
+    options = RunOptions(progress=False, **options)
+    return train(get_entry(DIGITS_MODEL), out, options, data=digits, console=Console(quiet=True))
 
 
 def test_the_final_model_is_folded_certified_and_evaluated(short_run):
@@ -68,7 +68,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, digits):
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    killed_after = torch.load(out / STATE_FILE, weights_only=True)["epoch"]
+    killed_after = torch.load(out / STATE_FILE, weights_only=True)["unit"]
     assert killed_after < EPOCHS - 1, "the run finished before it could be killed"
 
     resumed = _train(out, digits, epochs=EPOCHS, resume=True)
@@ -93,3 +93,64 @@ def test_same_seed_same_weights_and_existing_run_is_not_overwritten(tmp_path, di
 def test_cuda_without_cuda_is_a_clear_error(tmp_path, digits):
     with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
         _train(tmp_path, digits, epochs=1, device="cuda")
+
+
+# One entry point for every kind of recipe: what the command line passes reaches each of them.
+CONTINUAL_MODEL, TRANSFER_MODEL = "lipconv_s.digits_ar1", "lipconv_xs.digits_transfer_l2"
+
+
+@pytest.mark.parametrize("name", [CONTINUAL_MODEL, TRANSFER_MODEL])
+def test_data_parallel_runs_of_single_process_recipes_are_refused(name, tmp_path, monkeypatch):
+    """Before: `zoo train CONTINUAL --nproc 2` launched two uncoordinated full runs into one
+    directory (each printed its own result). Now refused before anything starts."""
+    kind = "continual" if get_entry(name).recipe.continual is not None else "transfer"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", name, "--nproc", "2", "--out", str(out)])
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert f"{name}: {kind} recipes train in a single process" in message and "without --nproc" in message
+    assert not out.exists()
+
+    # Launched by torchrun directly: refused before joining the process group.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=f"{kind} recipes train in a single process"):
+        train(get_entry(name), out, RunOptions(progress=False), console=Console(quiet=True))
+
+
+class DataRequested(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", [DIGITS_MODEL, CONTINUAL_MODEL, TRANSFER_MODEL])
+def test_download_and_precision_reach_every_kind_of_recipe(name, tmp_path, monkeypatch):
+    requests = []
+
+    def load_dataset(dataset, data_dir, download):
+        requests.append((dataset, data_dir, download))
+        raise DataRequested
+
+    monkeypatch.setattr(trainer, "load_dataset", load_dataset)
+    options = RunOptions(data_dir=tmp_path / "data", download=True, progress=False)
+    with pytest.raises(DataRequested):
+        train(get_entry(name), tmp_path / "run", options, console=Console(quiet=True))
+    assert requests == [("digits", tmp_path / "data", True)]
+
+    bf16 = RunOptions(precision="bf16", progress=False)
+    with pytest.raises(ValueError, match="--precision bf16 is for CUDA training"):
+        train(get_entry(name), tmp_path / "run", bf16, console=Console(quiet=True))
+    if name != DIGITS_MODEL:  # bf16 autocast is for plain recipes: the others say so on CUDA
+        monkeypatch.setattr(trainer, "resolve_device", lambda device: torch.device("cuda"))
+        with pytest.raises(ValueError, match=f"{name}: (continual|transfer) recipes train in fp32 only"):
+            train(get_entry(name), tmp_path / "run", bf16, console=Console(quiet=True))
+
+
+def test_progress_is_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path):
+    result = CliRunner().invoke(app, ["train", DIGITS_MODEL, "--epochs", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    figures = r"loss \d\.\d{4}, accuracy \d+\.\d\d %, \d+\.\d s, ETA \d:\d\d:\d\d"
+    pattern = rf"{DIGITS_MODEL} epoch (\d)/2: {figures}"
+    assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["1", "2"], lines
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert f"loss {history[1]['loss']:.4f}, accuracy {100 * history[1]['accuracy']:.2f} %" in lines[1]
+    assert "clean accuracy" in result.stdout and "clean accuracy" not in result.stderr

@@ -18,11 +18,10 @@ from rich.console import Console
 from safetensors.torch import load_file
 from torch import nn
 
-import training.transfer.train as transfer_train
 import zoo
+from training import trainer
 from training.data import DIGITS_PREPROCESSING, Dataset
-from training.trainer import STATE_FILE, TrainingStateError, train
-from training.transfer import train_transfer
+from training.trainer import STATE_FILE, RunOptions, TrainingStateError, train
 from training.transfer.bi_tuning import BiTuning, MomentumEncoder
 from training.transfer.bss import BatchSpectralShrinkage
 from training.transfer.channel_attention import attention_from_importance, channel_attention
@@ -517,9 +516,8 @@ def test_fine_tuning_trains_the_missing_source_then_writes_a_certified_checkpoin
     monkeypatch.setenv("ZOO_MODELS_YAML", str(registry))
     console = Console(record=True, width=200)
 
-    result = train(
-        load_registry()["lipconv.tgt"], tmp_path / "out", data=digits, console=console, show_progress=False
-    )
+    options = RunOptions(progress=False)
+    result = train(load_registry()["lipconv.tgt"], tmp_path / "out", options, data=digits, console=console)
 
     assert "source lipconv.src has no shipped weights: training it first" in console.export_text()
     certified = zoo.load(result.checkpoint)  # weights hash and bound re-checked from the file
@@ -559,22 +557,21 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, d
     path = source_checkpoint(tmp_path / "source.safetensors", 5)
     regularizer = {"name": "bi_tuning", "queue_size": 8, "momentum": 0.9}
     target = entry({**TARGET, "source": str(path), "source_logit_scale": 10.0, "regularizer": regularizer})
-    save_state = transfer_train.save_state
+    save_state = trainer.save_state
 
     def keep_first_epoch(state_path: Path, **state) -> None:
         save_state(state_path, **state)
-        if state["epoch"] == 0:
+        if state["unit"] == 0:
             shutil.copyfile(state_path, tmp_path / "after_first_epoch.pt")
 
-    monkeypatch.setattr(transfer_train, "save_state", keep_first_epoch)
-    quiet = dict(data=digits, console=Console(quiet=True), show_progress=False)
-    reference = train_transfer(target, tmp_path / "uninterrupted", **quiet)
+    monkeypatch.setattr(trainer, "save_state", keep_first_epoch)
+    quiet = dict(data=digits, console=Console(quiet=True))
+    reference = train(target, tmp_path / "uninterrupted", RunOptions(progress=False), **quiet)
     (tmp_path / "interrupted").mkdir()
     shutil.copyfile(tmp_path / "after_first_epoch.pt", tmp_path / "interrupted" / STATE_FILE)
     console = Console(record=True, width=200)
-    resumed = train_transfer(
-        target, tmp_path / "interrupted", resume=True, data=digits, console=console, show_progress=False
-    )
+    options = RunOptions(resume=True, progress=False)
+    resumed = train(target, tmp_path / "interrupted", options, data=digits, console=console)
     assert "after epoch 1" in console.export_text()  # only the second epoch ran again
 
     expected, actual = load_file(reference.checkpoint), load_file(resumed.checkpoint)
@@ -582,4 +579,4 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, d
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-7)
     with pytest.raises(TrainingStateError, match="already holds a training run"):
-        train_transfer(target, tmp_path / "interrupted", **quiet)
+        train(target, tmp_path / "interrupted", RunOptions(progress=False), **quiet)

@@ -32,7 +32,7 @@ from pydantic import (
 )
 from torch import nn
 
-from zoo.models import build
+from training.recipe import build_model
 from zoo.registry import ModelEntry
 
 __all__ = [
@@ -177,13 +177,7 @@ def _check_against_architecture(entry: ModelEntry, recipe: ContinualRecipe) -> N
     if not (isinstance(strategy, AR1Spec) or uses_lider):
         return
     arch = entry.architecture
-    model = build(
-        arch.name,
-        input_shape=arch.input_shape,
-        num_classes=arch.num_classes,
-        parametrized=False,
-        **arch.options,
-    )
+    model = build_model(entry, parametrized=False)
     field = "strategy.latent_layer" if isinstance(strategy, AR1Spec) else "strategy.lider"
     if not isinstance(model, nn.Sequential) or not isinstance(model[-1], nn.Linear):
         raise ContinualRecipeError(

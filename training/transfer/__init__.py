@@ -17,7 +17,7 @@ One idea per module:
 ``bi_tuning``             Bi-Tuning's momentum keys, per-class queues and contrastive terms
 ``bss``                   Batch Spectral Shrinkage
 ``objective``             a recipe's regularizer assembled and evaluated on a training step
-``loop``, ``train``       the epoch loop and :func:`train_transfer`
+``loop``, ``train``       the epoch loop and :class:`TransferProtocol`, which ``zoo train`` runs
 ========================  =====================================================================
 """
 
@@ -31,7 +31,7 @@ from training.transfer.l2 import L2
 from training.transfer.l2sp import L2SP
 from training.transfer.lwf import LwF
 from training.transfer.recipe import TransferSpec, parse_transfer
-from training.transfer.train import train_transfer
+from training.transfer.train import TransferProtocol
 
 __all__ = [
     "L2",
@@ -44,10 +44,10 @@ __all__ = [
     "IntermediateLayerGetter",
     "LwF",
     "MomentumEncoder",
+    "TransferProtocol",
     "TransferSpec",
     "calibrated_relationship",
     "channel_attention",
     "direct_relationship",
     "parse_transfer",
-    "train_transfer",
 ]

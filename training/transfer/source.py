@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 import zoo
 from training.data import Dataset
 from training.losses import make_loss
-from training.trainer import train
+from training.protocol import TrainPrerequisite
 from training.transfer.recipe import TransferSpec
 from zoo.registry import ModelEntry, get_entry
 
@@ -91,14 +91,13 @@ def load_source(
     out_dir: Path,
     *,
     data: Dataset,
-    data_dir: str | Path | None,
     device: torch.device,
     console: Console,
-    show_progress: bool,
+    train: TrainPrerequisite,
 ) -> Source:
     """Load ``spec.source``: a checkpoint path, or a models.yaml entry. An entry without shipped
-    weights is trained first into ``out_dir/source``; a run found there is continued, or only
-    re-certified when it is complete.
+    weights is trained first into ``out_dir/source`` by ``train``, which continues a run found
+    there, or only re-certifies it when it is complete.
 
     Raises:
         ValueError: the source's classes do not match ``spec.source_classes``.
@@ -118,16 +117,7 @@ def load_source(
                 f"training it first into {source_dir}"
             )
             same_data = source_entry.recipe.dataset == entry.recipe.dataset
-            result = train(
-                source_entry,
-                source_dir,
-                device=str(device),
-                resume=True,  # a finished run is only re-certified; an interrupted one continues
-                data=data if same_data else None,
-                data_dir=data_dir,
-                console=console,
-                show_progress=show_progress,
-            )
+            result = train(source_entry, source_dir, data if same_data else None)
             certified = zoo.load(result.checkpoint)
     if certified.architecture["num_classes"] != len(spec.source_classes):
         raise ValueError(

@@ -1,37 +1,26 @@
-"""``train_transfer``: fine-tune a certified source model onto a new task, certified at the end.
+"""The transfer protocol: fine-tune a certified source model onto a new task, certified at the end.
 
-The network is the entry's architecture, built with its parametrizations; its backbone starts
-from the source's folded weights and its head, a new 1-Lipschitz layer of the architecture, from
-scratch. So the fine-tuned model is folded and certified by ``finish_run`` like any other: the
-regularizers change how it is trained, never what is certified.
+:func:`training.trainer.train` runs it when the entry's recipe has a ``transfer`` block; one unit
+of the run is one epoch. The network is the entry's architecture, built with its
+parametrizations; its backbone starts from the source's folded weights and its head, a new
+1-Lipschitz layer of the architecture, from scratch. So the fine-tuned model is folded and
+certified by the trainer like any other: the regularizers change how it is trained, never what is
+certified.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 import torch
-from rich.console import Console
 from torch import nn
 
 from training.data import Dataset
 from training.losses import make_loss
-from training.trainer import (
-    TrainResult,
-    build_model,
-    deterministic,
-    epoch_order,
-    finish_run,
-    learning_rate,
-    load_state,
-    make_optimizer,
-    prepare_run,
-    progress_bar,
-    save_state,
-)
+from training.protocol import Run, StepCallback, TrainingProtocol
+from training.recipe import build_model, epoch_schedule, make_optimizer, set_learning_rate
 from training.transfer.loop import run_epoch
 from training.transfer.objective import TransferObjective, build_objective
 from training.transfer.recipe import parse_transfer
@@ -39,18 +28,10 @@ from training.transfer.source import Source, initialise_backbone, load_source, s
 from training.transfer.tasks import class_subset
 from zoo.registry import ModelEntry
 
-__all__ = ["train_transfer"]
+__all__ = ["TransferProtocol"]
 
 # Training inputs on which the re-parametrized source backbone is compared with the source.
 PROBE_EXAMPLES = 256
-
-
-def _epoch_schedule(
-    n: int, seed: int, epoch: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Generator]:
-    """The example order (n,) and the augmentation generator of one epoch: functions of (seed, epoch)
-    only, as in the trainer, so a resumed run repeats them."""
-    return epoch_order(n, seed, epoch).to(device), torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
 
 
 def _trained_head_probe(
@@ -71,7 +52,7 @@ def _trained_head_probe(
     backbone.requires_grad_(False)
     optimizer = make_optimizer(entry, head)
     for epoch in range(epochs):
-        order, generator = _epoch_schedule(len(task.x_train), seed + 1, epoch, device)
+        order, generator = epoch_schedule(len(task.x_train), seed + 1, epoch, device)
         run_epoch(
             probe,
             loss_fn,
@@ -86,132 +67,102 @@ def _trained_head_probe(
     return probe
 
 
-def train_transfer(
-    entry: ModelEntry,
-    out_dir: str | Path,
-    *,
-    epochs: int | None = None,
-    seed: int | None = None,
-    device: str = "cpu",
-    resume: bool = False,
-    data: Dataset | None = None,
-    data_dir: str | Path | None = None,
-    console: Console | None = None,
-    show_progress: bool = True,
-) -> TrainResult:
-    """Train ``entry``'s transfer recipe and write ``model.safetensors`` (folded, certified).
+class TransferProtocol(TrainingProtocol):
+    """Fine-tune on ``recipe.transfer.classes`` with ``label_fraction`` of their training labels and
+    the recipe's regularizer, one epoch per unit.
 
-    With a source: load it (training it first into ``out_dir/source`` when it is a models.yaml
-    entry without weights), copy its backbone, then fine-tune on ``recipe.transfer.classes`` with
-    ``label_fraction`` of their training labels and the recipe's regularizer. Without a source:
-    train from scratch on those classes. The test set holds every test example of the classes.
+    With a source: load it (trained first into ``out_dir/source`` when it is a models.yaml entry
+    without weights), copy its backbone. Without a source: train from scratch on those classes.
+    The test set holds every test example of the classes.
 
-    Args and the training-state file (``out_dir/train_state.pt``, ``resume``) are as in
-    :func:`training.trainer.train`; ``data`` is the whole dataset the classes are taken from.
-
-    Raises:
+    Raises (from the constructor):
         ValueError: an invalid transfer block (naming the entry and field), or a source that does
             not fit the architecture.
-        TrainingStateError: ``out_dir`` holds a run and ``resume`` is false, or a different run.
     """
-    spec = parse_transfer(entry)
-    console = console or Console()
-    run = prepare_run(
-        entry, out_dir, epochs=epochs, seed=seed, device=device, resume=resume, data=data, data_dir=data_dir
-    )
-    epochs, seed, torch_device, out_dir, state_path, key, data = (
-        run.epochs,
-        run.seed,
-        run.device,
-        run.out_dir,
-        run.state_path,
-        run.key,
-        run.data,
-    )
-    cpu_task = class_subset(data, spec.classes, spec.label_fraction, seed)
-    task = replace(
-        cpu_task, x_train=cpu_task.x_train.to(torch_device), y_train=cpu_task.y_train.to(torch_device)
-    )
-    source = None
-    if spec.source is not None:
-        source = load_source(
-            spec,
-            entry,
-            out_dir,
-            data=data,
-            data_dir=data_dir,
-            device=torch_device,
-            console=console,
-            show_progress=show_progress,
-        )
-    loss_fn = make_loss(entry.recipe.loss.name, entry.recipe.loss.params)
-    batch_size = entry.recipe.batch_size
 
-    with deterministic():
-        torch.manual_seed(seed)
-        model = build_model(entry, torch_device)
+    kind = "transfer"
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        entry = run.entry
+        self.spec = parse_transfer(entry)
+        self.cpu_task = class_subset(run.data, self.spec.classes, self.spec.label_fraction, run.seed)
+        self.task = replace(
+            self.cpu_task,
+            x_train=self.cpu_task.x_train.to(run.device),
+            y_train=self.cpu_task.y_train.to(run.device),
+        )
+        self.source = None
+        if self.spec.source is not None:
+            self.source = load_source(
+                self.spec,
+                entry,
+                run.out_dir,
+                data=run.data,
+                device=run.device,
+                console=run.console,
+                train=run.train_prerequisite,
+            )
+        self.loss_fn = make_loss(entry.recipe.loss.name, entry.recipe.loss.params)
+
+    def build(self) -> nn.Module:
+        run, entry, source, task = self.run, self.run.entry, self.source, self.task
+        self.model = build_model(entry, run.device)
         if source is not None:
-            deviation = initialise_backbone(model, source.model, task.x_train[:PROBE_EXAMPLES])
-            console.print(
+            deviation = initialise_backbone(self.model, source.model, task.x_train[:PROBE_EXAMPLES])
+            run.console.print(
                 f"{entry.name}: backbone copied from {source.origin} (certified bound "
                 f"{source.certificate_bound:.4g}; features reproduced to {deviation:.1e}, relative)"
             )
-        objective = build_objective(
-            spec.regularizer,
-            model,
+        self.objective = build_objective(
+            self.spec.regularizer,
+            self.model,
             source,
             task,
-            loss_fn=loss_fn,
-            batch_size=batch_size,
+            loss_fn=self.loss_fn,
+            batch_size=entry.recipe.batch_size,
             probe=lambda probe_epochs: _trained_head_probe(
-                entry, source, task, loss_fn, epochs=probe_epochs, seed=seed, device=torch_device
+                entry, source, task, self.loss_fn, epochs=probe_epochs, seed=run.seed, device=run.device
             ),
         )
-        optimizer = make_optimizer(entry, nn.ModuleList([model, objective]))
-        start_epoch, history = 0, []
-        if resume and state_path.exists():
-            state = load_state(state_path, key)
-            model.load_state_dict(state["model"])
-            objective.load_state_dict(state["objective"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, history = state["epoch"] + 1, list(state["history"])
-            console.print(f"resuming {entry.name} from {state_path} after epoch {start_epoch}")
+        self.optimizer = make_optimizer(entry, nn.ModuleList([self.model, self.objective]))
+        return self.model
 
-        batches = math.ceil(len(task.x_train) / batch_size)
-        started = time.perf_counter()
-        with progress_bar(console) as progress:
-            bar = progress.add_task(
-                entry.name,
-                total=epochs * batches,
-                completed=start_epoch * batches,
-                loss=float("nan"),
-                acc=float("nan"),
-                visible=show_progress,
-            )
-            for epoch in range(start_epoch, epochs):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(entry, epoch, epochs)
-                order, generator = _epoch_schedule(len(task.x_train), seed, epoch, torch_device)
-                summary = run_epoch(
-                    model,
-                    loss_fn,
-                    objective,
-                    optimizer,
-                    task,
-                    order=order,
-                    batch_size=batch_size,
-                    augmentation=entry.recipe.augmentation,
-                    generator=generator,
-                    on_batch=lambda loss, accuracy: progress.update(bar, advance=1, loss=loss, acc=accuracy),
-                )
-                history.append({"epoch": epoch, **summary})
-                save_state(
-                    state_path,
-                    epoch=epoch,
-                    model=model.state_dict(),
-                    objective=objective.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    recipe=key,
-                    history=history,
-                )
-    return finish_run(entry, model, cpu_task, out_dir, epochs, seed, history, time.perf_counter() - started)
+    def units(self) -> int:
+        return self.run.epochs
+
+    def steps(self, unit: int) -> int:
+        return math.ceil(len(self.task.x_train) / self.run.entry.recipe.batch_size)
+
+    def train_unit(self, unit: int, on_step: StepCallback) -> dict[str, Any]:
+        run, recipe = self.run, self.run.entry.recipe
+        set_learning_rate(self.optimizer, run.entry, unit, run.epochs)
+        order, generator = epoch_schedule(len(self.task.x_train), run.seed, unit, run.device)
+        summary = run_epoch(
+            self.model,
+            self.loss_fn,
+            self.objective,
+            self.optimizer,
+            self.task,
+            order=order,
+            batch_size=recipe.batch_size,
+            augmentation=recipe.augmentation,
+            generator=generator,
+            on_batch=on_step,
+        )
+        return {"epoch": unit, **summary}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def evaluation_data(self) -> Dataset:
+        return self.cpu_task

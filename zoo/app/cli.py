@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -209,40 +210,32 @@ def train(
     download: Annotated[bool, typer.Option(help="download the dataset into --data-dir if missing")] = False,
     precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast (CUDA only)")] = Precision.fp32,
     nproc: Annotated[int, typer.Option(help="processes to launch with torchrun (data parallel)")] = 1,
-    progress: Annotated[bool, typer.Option(help="draw the progress bar")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="show progress on stderr: a bar on a terminal, else one line per epoch")
+    ] = True,
 ) -> None:
     """Train the recipe of NAME; writes the folded checkpoint with its certificate."""
-    from training.trainer import TrainingStateError
+    from training.trainer import RunOptions, TrainingStateError, require_data_parallel
     from training.trainer import train as run_training
 
-    if nproc > 1:
-        options = dict(
-            epochs=epochs,
-            out=out or Path("runs") / name,
-            device=device.value,
-            resume=resume,
-            seed=seed,
-            data_dir=data_dir,
-            download=download,
-            precision=precision.value,
-            progress=progress,
-        )
-        raise typer.Exit(_launch_torchrun(nproc, name, options))
+    out = out or Path("runs") / name
+    options = RunOptions(
+        epochs=epochs,
+        seed=seed,
+        device=device.value,
+        resume=resume,
+        data_dir=data_dir,
+        download=download,
+        precision=precision.value,
+        progress=progress,
+    )
     with _user_errors(TrainingStateError):
         entry = get_entry(name)
-        result = run_training(
-            entry,
-            out or Path("runs") / name,
-            epochs=epochs,
-            seed=seed,
-            device=device.value,
-            resume=resume,
-            data_dir=data_dir,
-            download=download,
-            precision=precision.value,
-            console=console,
-            show_progress=progress,
-        )
+        if nproc > 1:
+            require_data_parallel(entry)
+            raise typer.Exit(_launch_torchrun(nproc, name, asdict(options) | {"out": out}))
+        # Progress and messages go to stderr (a log when it is not a terminal), results to stdout.
+        result = run_training(entry, out, options, console=errors)
     if result is None:  # a non-zero rank of a torchrun job: rank 0 reports
         return
     metrics = result.metrics
