@@ -41,11 +41,12 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ArtifactCheck:
-    """Result of re-reading one artifact."""
+    """Result of re-reading one artifact (``max_abs_diff`` is None for a Triton model directory:
+    copies of files checked before)."""
 
     format: str
     path: Path
-    max_abs_diff: float
+    max_abs_diff: float | None
     notes: list[str] = field(default_factory=list)
 
 
@@ -72,7 +73,7 @@ def _verified(path: Path, progress: Progress | None) -> list[str]:
         raise ExportError(f"the written file cannot be verified: {error}") from error
     if not report.ok:
         raise ExportError(f"{path}: {'; '.join(report.problems)}")
-    return [f"bound recomputed from the file: {report.lipschitz_bound:.6g}"]
+    return [f"bound recomputed from the file: {report.lipschitz_bound:.6f}"]
 
 
 def export_model(
@@ -142,7 +143,7 @@ def export_model(
             instances=triton_instances,
         ):
             checks.append(
-                ArtifactCheck("triton", model_dir, 0.0, ["copies of the verified files + config.pbtxt"])
+                ArtifactCheck("triton", model_dir, None, ["copies of the verified files + config.pbtxt"])
             )
     return checks
 

@@ -54,7 +54,7 @@ def test_train_certify_export_and_run_in_onnxruntime(tmp_path, digits):
 def test_list_and_info_read_the_registry():
     result = invoke("list")
     assert result.exit_code == 0 and "lipconv_s.digits_hkr" in result.output
-    result = invoke("info", "lipconv_s.digits_hkr")
+    result = invoke("info", "lipconv_s.digits_hkr", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["recipe"]["dataset"] == "digits"
 

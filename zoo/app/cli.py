@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,11 +20,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from zoo.app.tables import compact_table, print_heading, print_table
 from zoo.certificate import Certificate, LayerBound
 from zoo.checkpoint import CheckpointError
 from zoo.device import DeviceUnavailableError
 from zoo.hub import CertificateMismatchError, CertifiedModel, load
-from zoo.registry import RegistryError, get_entry, load_registry
+from zoo.registry import ModelEntry, RegistryError, get_entry, load_registry
 
 if TYPE_CHECKING:  # export is imported inside the commands only (it needs the `export` extra)
     from export.propagation import Progress
@@ -120,9 +121,13 @@ def _user_errors(*extra: type[Exception]) -> Iterator[None]:
     try:
         yield
     except (*USER_ERRORS, *extra) as error:
-        message = " ".join(str(error).split())
-        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(" ".join(str(error).split()))
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``message`` as one line on stderr (no markup read in it) and exit with ``code``."""
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 @contextmanager
@@ -150,35 +155,111 @@ def _format_accuracy(metrics: dict | None, eps: str | None = None) -> str:
 
 
 @app.command("list")
-def list_models() -> None:
-    """Table of models.yaml: name, dataset, bound, tightness (lower / upper), clean / certified accuracy."""
+def list_models(
+    json_output: Annotated[bool, typer.Option("--json", help="print one JSON array of the entries")] = False,
+) -> None:
+    """The models of models.yaml by dataset: bound, tightness (lower / upper), clean / certified accuracy."""
     with _user_errors():
         entries = load_registry()
-    table = Table(title="lipschitz zoo")
-    table.add_column("name", no_wrap=True)
-    for column in ("dataset", "weights", "bound", "lower/upper", "clean %", "cert. % @0.25"):
-        table.add_column(column)
+    if json_output:
+        print(json.dumps([entry.model_dump(mode="json") for entry in entries.values()]))
+        return
+    table = compact_table(
+        caption="lower / upper: an attack's lower bound over the certified bound (1: tight); "
+        "-: a recipe without weights (zoo train NAME trains it)"
+    )
+    table.add_column("name")
+    for column in ("bound", "lower/\nupper", "clean\n%", "cert. %\n@0.25"):
+        table.add_column(column, justify="right")
+    datasets: dict[str, list[ModelEntry]] = {}
     for entry in entries.values():
-        bound = (entry.certificate or {}).get("lipschitz_bound")
-        lower = (entry.metrics or {}).get("empirical_lipschitz")
-        table.add_row(
-            entry.name,
-            entry.recipe.dataset,
-            "shipped" if entry.has_weights else "recipe only",
-            "-" if bound is None else f"{bound:.4f}",
-            "-" if bound is None or lower is None else f"{lower / bound:.2f}",
-            _format_accuracy(entry.metrics),
-            _format_accuracy(entry.metrics, "0.25"),
-        )
-    console.print(table)
+        datasets.setdefault(entry.recipe.dataset, []).append(entry)
+    for dataset, group in datasets.items():
+        if table.row_count:
+            table.add_section()
+        table.add_row(f"[bold]{dataset}[/]")
+        for entry in group:
+            bound = (entry.certificate or {}).get("lipschitz_bound")
+            lower = (entry.metrics or {}).get("empirical_lipschitz")
+            table.add_row(
+                entry.name,
+                "-" if bound is None else f"{bound:.4f}",
+                "-" if bound is None or lower is None else f"{lower / bound:.2f}",
+                _format_accuracy(entry.metrics),
+                _format_accuracy(entry.metrics, "0.25"),
+            )
+    shipped = sum(entry.has_weights for entry in entries.values())
+    print_table(console, f"lipschitz zoo: {len(entries)} models, {shipped} with certified weights", table)
 
 
 @app.command()
-def info(name: Annotated[str, typer.Argument(help="model name from models.yaml")]) -> None:
-    """One model: architecture, recipe, certificate summary, metrics, files."""
+def info(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="model name from models.yaml")],
+    json_output: Annotated[bool, typer.Option("--json", help="print the entry as one JSON object")] = False,
+) -> None:
+    """One model: architecture, recipe, certificate, metrics, files."""
     with _user_errors():
         entry = get_entry(name)
-    console.print_json(json.dumps(entry.model_dump(mode="json")))
+    if json_output:
+        print(json.dumps(entry.model_dump(mode="json")))
+        return
+    print_heading(console, entry.name)
+    console.print(entry.description, highlight=False)
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold", no_wrap=True)
+    fields.add_column()
+    for field, lines in _entry_fields(entry).items():
+        fields.add_row(field, "\n".join(lines))
+    console.print()
+    console.print(fields, highlight=False)
+
+
+def _entry_fields(entry: ModelEntry) -> dict[str, list[str]]:
+    """``zoo info``'s fields of ``entry``: a name, then the lines of its value."""
+    arch, recipe = entry.architecture, entry.recipe
+    shape = "x".join(map(str, arch.input_shape))
+    fields = {
+        "architecture": [f"{arch.name}: input {shape}, {arch.num_classes} classes", _pairs(arch.options)],
+        "recipe": [
+            f"dataset {recipe.dataset}, loss {recipe.loss.name} ({_pairs(recipe.loss.params)})",
+            f"{recipe.optimizer.name}: {_pairs(recipe.optimizer.model_dump(exclude={'name'}))}",
+            f"{recipe.epochs} epochs, batch {recipe.batch_size}, seed {recipe.seed}, "
+            f"lr schedule {recipe.lr_schedule}, augmentation {recipe.augmentation}",
+        ],
+    }
+    for stage in ("transfer", "continual"):
+        if getattr(recipe, stage) is not None:
+            fields[stage] = [_pairs(getattr(recipe, stage))]
+    if not entry.has_weights:
+        fields["weights"] = [f"none shipped: a recipe (zoo train {entry.name} trains it)"]
+        return fields
+    certificate, metrics = entry.certificate or {}, dict(entry.metrics or {})
+    fields["checkpoint"] = [entry.checkpoint or entry.url or ""]
+    fields["file sha256"] = [str(entry.sha256)]
+    bound = certificate.get("lipschitz_bound")
+    fields["bound"] = [f"{bound} (certified; relative margin {certificate.get('relative_margin')} per layer)"]
+    fields["weights sha256"] = [str(certificate.get("weights_sha256"))]
+    if "clean_accuracy" in metrics:
+        fields["clean accuracy"] = [f"{100 * metrics.pop('clean_accuracy'):.1f} %"]
+    certified = {
+        key.removeprefix("certified_accuracy_"): key for key in metrics if "certified_accuracy_" in key
+    }
+    if certified:
+        accuracies = " / ".join(f"{100 * metrics.pop(key):.1f}" for key in certified.values())
+        fields["certified acc."] = [f"{accuracies} % at eps {' / '.join(certified)}"]
+    lower = metrics.pop("empirical_lipschitz", None)
+    if lower is not None and bound:
+        fields["lower bound"] = [f"{lower:g} (empirical; {lower / bound:.2f} of the certified bound)"]
+    fields.update({key.replace("_", " "): [str(value)] for key, value in metrics.items()})
+    return fields
+
+
+def _pairs(mapping: dict) -> str:
+    """``{"lr": 0.003, "decay": {"k": 2}}`` -> ``'lr 0.003, decay (k 2)'``."""
+    return ", ".join(
+        f"{key.replace('_', ' ')} {f'({_pairs(value)})' if isinstance(value, dict) else value}"
+        for key, value in mapping.items()
+    )
 
 
 def _launch_torchrun(nproc: int, name: str, options: dict[str, object]) -> int:
@@ -200,7 +281,7 @@ def _launch_torchrun(nproc: int, name: str, options: dict[str, object]) -> int:
 @app.command()
 @_needs_extra("train")
 def train(
-    name: Annotated[str, typer.Argument(help="model name from models.yaml")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="model name from models.yaml")],
     epochs: Annotated[int | None, typer.Option(help="override the recipe's epochs")] = None,
     out: Annotated[Path | None, typer.Option(help="output directory (default runs/NAME)")] = None,
     device: Annotated[Device, typer.Option(help="where to train")] = Device.cpu,
@@ -251,26 +332,36 @@ def train(
 
 
 EXPECT_SHA256_HELP = "refuse the file unless its sha256 is this (pin a file obtained elsewhere)"
+EXPORTED_SUFFIXES = (".onnx", ".pt", ".pt2")
 
 
-def _load_or_exit(source: str, expected_sha256: str | None = None) -> CertifiedModel:
+def _load_or_exit(source: str, command: str, expected_sha256: str | None = None) -> CertifiedModel:
+    """The checkpoint or registry model ``source``; an exported file or a Triton repository is an
+    error pointing to ``zoo verify``, which reads those."""
+    path = Path(source)
+    if path.is_dir() or (path.suffix in EXPORTED_SUFFIXES and path.is_file()):
+        _fail(
+            f"{source} is an exported model, not a checkpoint (zoo {command} reads a .safetensors "
+            f"checkpoint or a model name): `zoo verify {source}` recomputes its bound"
+        )
     with _user_errors():
         return load(source, expected_sha256=expected_sha256)
 
 
-def _layer_table(title: str, layers: Iterable[LayerBound]) -> Table:
+def _layer_table(layers: Iterable[LayerBound]) -> Table:
     """Per-layer bounds: name, op, input shape, bound."""
-    table = Table(title=title)
-    for column in ("layer", "op", "input shape", "bound"):
+    table = compact_table()
+    for column in ("layer", "op", "input shape"):
         table.add_column(column)
+    table.add_column("bound", justify="right")
     for layer in layers:
         shape = "x".join(map(str, layer.input_shape))
         table.add_row(layer.name, layer.op, shape, f"{layer.bound:.6f}")
     return table
 
 
-def _print_certificate(certificate: Certificate, title: str) -> None:
-    console.print(_layer_table(title, certificate.layers))
+def _print_certificate(certificate: Certificate, heading: str) -> None:
+    print_table(console, heading, _layer_table(certificate.layers))
     console.print(
         f"global Lipschitz bound: [bold]{certificate.lipschitz_bound:.6f}[/] "
         f"(relative safety margin {certificate.relative_margin:g} per layer)"
@@ -279,23 +370,23 @@ def _print_certificate(certificate: Certificate, title: str) -> None:
 
 @app.command()
 def certify(
-    source: Annotated[str, typer.Argument(help="model name or checkpoint path")],
+    source: Annotated[str, typer.Argument(metavar="NAME|CHECKPOINT", help="model name or checkpoint path")],
     json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     expect_sha256: Annotated[str | None, typer.Option(help=EXPECT_SHA256_HELP)] = None,
 ) -> None:
     """Per-layer bounds and the global bound, recomputed from the weights."""
-    certified = _load_or_exit(source, expect_sha256)
+    certified = _load_or_exit(source, "certify", expect_sha256)
     certificate = certified.certificate
     if json_output:
         print(certificate.to_json())
     else:
-        _print_certificate(certificate, f"certificate of {source}")
+        _print_certificate(certificate, f"certificate of {source}: bound of each layer")
 
 
 @app.command()
 @_needs_extra("export")
 def export(
-    source: Annotated[str, typer.Argument(help="model name or checkpoint path")],
+    source: Annotated[str, typer.Argument(metavar="NAME|CHECKPOINT", help="model name or checkpoint path")],
     out: Annotated[Path, typer.Option(help="output directory")],
     onnx: Annotated[bool, typer.Option("--onnx", help="write model.onnx")] = False,
     torchscript: Annotated[bool, typer.Option("--torchscript", help="write model.ts.pt")] = False,
@@ -312,10 +403,15 @@ def export(
     """Fold, write the artifacts, then verify what was written; non-zero exit if a check fails."""
     from export.pipeline import ExportError, export_model
 
+    if triton and not (onnx or torchscript):
+        _fail(
+            "--triton builds its repository from the verified ONNX or TorchScript file: "
+            "add --onnx or --torchscript",
+            2,
+        )
     if not (onnx or torchscript or pt2):
-        errors.print("[bold red]error:[/] choose at least one format: --onnx, --torchscript, --pt2")
-        raise typer.Exit(2)
-    certified = _load_or_exit(source)
+        _fail("choose at least one format: --onnx, --torchscript, --pt2", 2)
+    certified = _load_or_exit(source, "export")
     with _user_errors(ExportError), _op_progress(progress, "verifying") as report:
         checks = export_model(
             certified,
@@ -328,21 +424,28 @@ def export(
             triton_max_batch=triton_max_batch,
             progress=report,
         )
-    table = Table(title=f"export of {source}")
-    for column in ("format", "file", "max |diff| vs PyTorch", "checks"):
+    table = compact_table()
+    for column in ("file", "format", "max |diff| vs PyTorch", "checks"):
         table.add_column(column)
     for check in checks:
-        notes = "; ".join(["certificate embedded, read back", *check.notes])
-        table.add_row(check.format, str(check.path), f"{check.max_abs_diff:.2e}", notes)
-    console.print(table)
-    console.print(f"Lipschitz bound: {certified.certificate.lipschitz_bound:.6f}")
+        if check.max_abs_diff is None:  # a Triton model directory
+            diff, notes = "-", "; ".join(check.notes)
+        else:
+            diff = f"{check.max_abs_diff:.2e}"
+            notes = "; ".join(["certificate embedded, read back", *check.notes])
+        table.add_row(str(check.path), check.format, diff, notes)
+    print_table(console, f"export of {source}: files written and verified", table)
+    console.print(f"Lipschitz bound (certificate): {certified.certificate.lipschitz_bound:.6f}")
 
 
 @app.command()
 def verify(
     artifact: Annotated[
         Path,
-        typer.Argument(help="an exported model (.onnx, .pt TorchScript, .pt2) or a Triton model repository"),
+        typer.Argument(
+            metavar="ARTIFACT",
+            help="an exported model (.onnx, .pt TorchScript, .pt2) or a Triton model repository",
+        ),
     ],
     json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     progress: Annotated[bool, typer.Option(help="draw the progress bar (stderr)")] = True,
@@ -382,6 +485,12 @@ def verify(
     else:
         for report in reports:
             _print_report(report)
+        if artifact.is_dir() and ok:
+            console.print(
+                f"verified: the {len(reports)} model files of {artifact}, each within its certificate",
+                highlight=False,
+                soft_wrap=True,
+            )
     for report in reports:
         if not report.ok:
             message = f"[bold red]error:[/] {report.artifact}: {'; '.join(report.problems)}"
@@ -404,19 +513,29 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _print_report(report: VerificationReport) -> None:
-    console.print(
-        _layer_table(f"{report.artifact}: bounds recomputed from the file (cumulative)", report.layers)
-    )
-    claimed = "none embedded" if report.embedded is None else f"{report.embedded.lipschitz_bound:.6f}"
-    console.print(
-        f"recomputed Lipschitz bound: [bold]{report.lipschitz_bound:.6f}[/], certificate: {claimed}"
-    )
+    heading = f"{report.artifact}: bounds recomputed from the file (cumulative, from the input)"
+    print_table(console, heading, _layer_table(report.layers))
+    recomputed = f"{report.lipschitz_bound:.6f}"
+    if report.embedded is None:
+        console.print(f"recomputed Lipschitz bound: [bold]{recomputed}[/] (the file carries no certificate)")
+    elif report.ok:
+        console.print(
+            f"verified: bound [bold]{recomputed}[/] recomputed from the file "
+            f"<= certificate {report.embedded.lipschitz_bound:.6f}"
+        )
+    else:
+        console.print(
+            f"recomputed Lipschitz bound: [bold]{recomputed}[/], certificate: "
+            f"{report.embedded.lipschitz_bound:.6f}"
+        )
 
 
 @app.command()
 def ship(
-    name: Annotated[str, typer.Argument(help="model name from models.yaml")],
-    run_dir: Annotated[Path, typer.Argument(help="a finished `zoo train` output directory")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="model name from models.yaml")],
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="a finished `zoo train` output directory")
+    ],
 ) -> None:
     """Ship a trained model: copy its checkpoint into the package and record it in models.yaml."""
     from zoo.app.publish import ship as ship_model
@@ -429,7 +548,7 @@ def ship(
 @app.command()
 @_needs_extra("report")
 def report(
-    name: Annotated[str, typer.Argument(help="model name from models.yaml (with weights)")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="model name from models.yaml (with weights)")],
     out: Annotated[Path, typer.Option(help="output directory of the model card")] = Path("cards"),
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
@@ -449,7 +568,9 @@ def report(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(
     context: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="benchmark to run (bench/bench_NAME.py)")] = None,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="benchmark to run (bench/bench_NAME.py)")
+    ] = None,
 ) -> None:
     """Run a benchmark script of bench/, or list them without NAME.
 
@@ -474,7 +595,12 @@ def bench(
 @app.command()
 @_needs_extra("serve")
 def serve(
-    source: Annotated[str, typer.Argument(help="a zoo .onnx file, a checkpoint path or a model name")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="ARTIFACT|CHECKPOINT|NAME", help="a zoo .onnx file, a checkpoint path or a model name"
+        ),
+    ],
     host: Annotated[str, typer.Option(help="address to listen on (loopback only by default)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port)")] = 8000,
     device: Annotated[Device, typer.Option(help="where onnxruntime runs the model")] = Device.cpu,
