@@ -23,6 +23,7 @@ auto_pad or output_shape.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -37,23 +38,25 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from export.propagation import (
-    ERF_LIPSCHITZ,
-    GELU_LIPSCHITZ,
-    HARDSWISH_LIPSCHITZ,
-    MISH_LIPSCHITZ,
     GraphBound,
     Progress,
     Signal,
+    SignOfSquares,
     Squares,
     Tracker,
     UnsupportedOpError,
     VerificationError,
-    average_pool_gain,
-    norm_gain,
-    window_coverage,
-    window_spread,
 )
 from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, matrix_norm_bound
+from zoo.bounds import elementwise as slopes
+from zoo.bounds.pooling import (
+    Windows,
+    average_pool_gain,
+    lp_pool_gain,
+    max_pool_gain,
+    reduction_gain,
+    window_spread,
+)
 from zoo.certificate import LayerBound
 
 __all__ = ["MIN_OPSET", "REINDEXING", "RULES", "SCALAR_MAPS", "GraphBound", "graph_bound"]
@@ -85,7 +88,17 @@ class BatchShape:
         return dims
 
 
-Value = np.ndarray | Signal | Squares | NotLipschitz | BatchShape | None
+@dataclass(frozen=True)
+class Comparison:
+    """The output of ``Greater(s, t)`` for an input-dependent ``s`` and a constant number ``t``: not
+    Lipschitz, and read only by the Where rule, which recognises torch's softplus in it."""
+
+    signal: Signal
+    threshold: float
+    what = "a comparison of input-dependent values"
+
+
+Value = np.ndarray | Signal | Squares | SignOfSquares | NotLipschitz | BatchShape | Comparison | None
 
 REINDEXING = frozenset(
     {
@@ -161,9 +174,9 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _constant(inputs: list[Value], position: int, what: str) -> np.ndarray | None:
-    """Input ``position`` (None when absent), which must not depend on the graph input."""
+    """Input ``position`` (None when absent), which must be a constant of the graph."""
     value = inputs[position] if position < len(inputs) else None
-    if isinstance(value, Signal):
+    if value is not None and not isinstance(value, np.ndarray):
         raise UnsupportedOpError(f"its {what} (input {position}) depends on the graph input")
     return value
 
@@ -204,8 +217,10 @@ def _reindex(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Val
     data_positions = {"Concat": range(len(inputs)), "Where": (1, 2)}.get(node.op_type, (0,))
     feeds = []
     for position, value in enumerate(inputs):
-        if position in data_positions:
-            feeds.append(value.index if isinstance(value, Signal) else np.full(value.shape, -1, np.int64))
+        if position in data_positions and isinstance(value, Signal):
+            feeds.append(value.index)
+        elif position in data_positions:
+            feeds.append(np.full(_constant(inputs, position, "data").shape, -1, np.int64))
         else:
             feeds.append(_constant(inputs, position, "shape, index or condition argument"))
     moved = [value for value in inputs if isinstance(value, Signal)]
@@ -251,46 +266,101 @@ def _select_from_shape(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -
     return runs[0]
 
 
+def _where(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Where with a constant condition moves values (_reindex); with ``Greater(b x, t)`` choosing
+    between ``x`` and ``softplus(b x) / b`` it is torch's softplus (Tracker.thresholded_softplus).
+    Any other input-dependent choice can jump, which no Lipschitz bound allows."""
+    condition, above, below = inputs
+    if isinstance(condition, np.ndarray):
+        return _reindex(walk, node, inputs)
+    _require_batch_first(inputs, "it reads")
+    if isinstance(condition, Comparison) and isinstance(above, Signal) and isinstance(below, Signal):
+        softplus = walk.tracker.thresholded_softplus(condition.signal, condition.threshold, above, below)
+        if softplus is not None:
+            return [softplus]
+    raise UnsupportedOpError("its choice depends on the graph input (only torch's softplus is recognised)")
+
+
+def _sign(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Sign jumps at 0: it is read only of squares, and only to multiply those squares (SignOfSquares)."""
+    x = _data(inputs, squares=True)
+    if isinstance(x, Signal):
+        raise UnsupportedOpError("Sign of an input-dependent tensor is not continuous")
+    return [SignOfSquares(x)]
+
+
+def _compare(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """A comparison of an input-dependent tensor is not Lipschitz: only Where may read ``Greater(s,
+    t)`` for one constant number ``t`` (see _where)."""
+    s, t = inputs
+    if node.op_type == "Greater" and isinstance(s, Signal) and isinstance(t, np.ndarray) and t.size == 1:
+        return [Comparison(s, float(t.astype(np.float64).ravel()[0]))]
+    return [
+        NotLipschitz(
+            f"the output of {node.op_type} node {node.name!r}, a comparison of input-dependent values"
+        )
+    ]
+
+
 # --- elementwise ops ----------------------------------------------------------------------------
 
 
-def _selu(attributes: dict[str, Any]) -> float:
-    """gamma x (x > 0), gamma alpha (exp(x) - 1) (x <= 0): slopes up to |gamma| max(1, |alpha|)."""
-    alpha = attributes.get("alpha", 1.67326319217681884765625)
-    return abs(attributes.get("gamma", 1.05070102214813232421875)) * max(1.0, abs(alpha))
+def _fixed(name: str) -> Callable[[dict[str, Any]], float]:
+    return lambda attributes: slopes.FIXED_SLOPES[name]
 
 
 SCALAR_MAPS: dict[str, Callable[[dict[str, Any]], float]] = {
-    **dict.fromkeys(
-        ("Relu", "Abs", "Neg", "Clip", "Tanh", "Celu", "Softplus", "Softsign", "Atan", "Sin", "Cos"),
-        lambda attributes: 1.0,
+    "Relu": _fixed("relu"),
+    "Abs": _fixed("abs"),
+    "Neg": _fixed("neg"),
+    "Tanh": _fixed("tanh"),
+    "Atan": _fixed("atan"),
+    "Sin": _fixed("sin"),
+    "Cos": _fixed("cos"),
+    "Sigmoid": _fixed("sigmoid"),
+    "HardSwish": _fixed("hardswish"),
+    "Gelu": _fixed("gelu"),  # both approximations
+    "Mish": _fixed("mish"),
+    "Erf": _fixed("erf"),
+    "Clip": lambda attributes: 1.0,  # its bounds are inputs: checked by _elementwise (slopes.clamp)
+    "Softsign": lambda attributes: slopes.softsign(),
+    "Softplus": lambda attributes: slopes.softplus(),
+    "LeakyRelu": lambda attributes: slopes.leaky_relu(attributes.get("alpha", 0.01)),
+    "Celu": lambda attributes: slopes.celu(attributes.get("alpha", 1.0)),
+    "Elu": lambda attributes: slopes.elu(attributes.get("alpha", 1.0)),
+    # ONNX's default SELU constants are the float32 roundings of torch's
+    "Selu": lambda attributes: slopes.elu(
+        attributes.get("alpha", float(np.float32(slopes.SELU_ALPHA))),
+        scale=attributes.get("gamma", float(np.float32(slopes.SELU_SCALE))),
     ),
-    "Sigmoid": lambda attributes: 0.25,
-    "LeakyRelu": lambda attributes: max(1.0, abs(attributes.get("alpha", 0.01))),
-    "Elu": lambda attributes: max(1.0, abs(attributes.get("alpha", 1.0))),
-    "Selu": _selu,
-    "HardSigmoid": lambda attributes: abs(attributes.get("alpha", 0.2)),
-    "HardSwish": lambda attributes: HARDSWISH_LIPSCHITZ,
-    "Gelu": lambda attributes: GELU_LIPSCHITZ,
-    "Mish": lambda attributes: MISH_LIPSCHITZ,
-    "Erf": lambda attributes: ERF_LIPSCHITZ,
+    "HardSigmoid": lambda attributes: slopes.hard_sigmoid(
+        attributes.get("alpha", 0.2), attributes.get("beta", 0.5)
+    ),
 }
-"""Scalar maps (op type -> Lipschitz constant from the node's attributes): sup of |f'|."""
+"""Scalar maps: op type -> its Lipschitz constant (:mod:`zoo.bounds.elementwise`) from the node's
+attributes."""
+
+
+_RECORDED_MAPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Abs": "abs", "Softplus": "softplus"}
+"""Scalar maps that composite rules look for (Tracker.mapped)."""
 
 
 def _elementwise(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Each output value is a scalar function of one input value, whose Lipschitz constant
-    SCALAR_MAPS gives (1 for Relu, Abs, Clip, Tanh...; 1/4 for Sigmoid; GELU_LIPSCHITZ...)."""
-    x = _data(inputs, squares=node.op_type == "Clip")
+    SCALAR_MAPS gives (zoo.bounds.elementwise)."""
+    x = _data(inputs, squares=node.op_type in ("Clip", "Abs", "Relu"))
+    if isinstance(x, Squares) and node.op_type != "Clip":
+        return [x]  # squares are >= 0: Abs and Relu leave them as they are
     if isinstance(x, Squares):
         if _constant(inputs, 2, "bound") is not None:
             raise UnsupportedOpError("only a floor (no ceiling) of squares is supported")
         return _floor(inputs, x, 1)
-    if node.op_type == "Relu":
-        return [walk.tracker.relu(x)]
-    if node.op_type == "Sigmoid":
-        return [walk.tracker.sigmoid(x)]
+    if node.op_type in _RECORDED_MAPS:
+        factor = SCALAR_MAPS[node.op_type](_attributes(node))
+        return [walk.tracker.mapped(x, _RECORDED_MAPS[node.op_type], factor)]
     bounds = [_constant(inputs, position, "bound") for position in range(1, len(inputs))]
+    if node.op_type == "Clip":
+        slopes.clamp(*bounds, *[None] * (2 - len(bounds)))
     alike = all(bound is None or bound.size == 1 for bound in bounds)
     return [walk.tracker.elementwise(x, SCALAR_MAPS[node.op_type](_attributes(node)), alike)]
 
@@ -312,8 +382,7 @@ def _power(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value
 def _prelu(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """PRelu: each output value is x or a x for its constant slope a, max(1, max |a|)-Lipschitz."""
     x, slope = _data(inputs), _constant(inputs, 1, "slope")
-    factor = max(1.0, float(np.max(np.abs(slope.astype(np.float64)))))
-    return [walk.tracker.elementwise(x, factor, alike=slope.size == 1)]
+    return [walk.tracker.elementwise(x, slopes.prelu(slope), alike=slope.size == 1)]
 
 
 def _batch_normalization(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -322,9 +391,9 @@ def _batch_normalization(walk: _Walk, node: onnx.NodeProto, inputs: list[Value])
     attributes = _attributes(node)
     if attributes.get("training_mode", 0) or len([o for o in node.output if o]) > 1:
         raise UnsupportedOpError("only inference mode (training_mode=0, one output) is supported")
-    scale, _, _, variance = (_constant(inputs, i, "statistics").astype(np.float64) for i in range(1, 5))
-    factors = np.abs(scale) / np.sqrt(variance + attributes.get("epsilon", 1e-5))
-    return [walk.tracker.elementwise(_data(inputs), float(np.max(factors)), alike=False)]
+    scale, _, _, variance = (_constant(inputs, i, "statistics") for i in range(1, 5))
+    factor = slopes.batch_norm(scale, variance, attributes.get("epsilon", 1e-5))
+    return [walk.tracker.elementwise(_data(inputs), factor, alike=False)]
 
 
 def _sum(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -336,27 +405,45 @@ def _sum(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
         centered = walk.tracker.centered(*inputs, shape)
         if centered is not None:
             return [centered]
-    terms = [walk.tracker.broadcast(value, shape) for value in inputs if isinstance(value, Signal)]
+    signs = [1.0, -1.0] if node.op_type == "Sub" else [1.0] * len(inputs)
+    terms = [
+        (walk.tracker.broadcast(v, shape), sign)
+        for v, sign in zip(inputs, signs, strict=True)
+        if isinstance(v, Signal)
+    ]
     if len(terms) > 1:
-        return [walk.tracker.summed(terms)]
-    scalar = all(value.size == 1 for value in inputs if isinstance(value, np.ndarray))
-    return [walk.tracker.elementwise(terms[0], 1.0, alike=scalar)]
+        return [walk.tracker.summed(*zip(*terms, strict=True))]
+    ((term, sign),) = terms
+    constants = [
+        sign * v.astype(np.float64)
+        for v, sign in zip(inputs, signs, strict=True)
+        if isinstance(v, np.ndarray)
+    ]
+    return [walk.tracker.shifted(term, sum(constants), negated=sign < 0)]
 
 
 def _product(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Mul / Div by a constant c: value k is multiplied by c_k, so the map is max |c|-Lipschitz
-    (exact for a scalar c); x * Sigmoid(x) is SiLU (Tracker.product); any other product of two
-    input-dependent tensors is not globally Lipschitz."""
+    (exact for a scalar c); x * Sigmoid(x) is SiLU (Tracker.product), x / (c + |x|) softsign
+    (Tracker.quotient); any other product of two input-dependent tensors is not globally Lipschitz."""
     a, b = inputs
     if node.op_type == "Mul" and isinstance(a, Signal) and a is b:
         return [walk.tracker.squares(a)]
+    for sign, other in ((a, b), (b, a)):
+        if isinstance(sign, SignOfSquares):
+            if node.op_type == "Mul" and other is sign.squares:
+                return [other]  # sign(v) * v = v for squares v >= 0
+            raise UnsupportedOpError("it uses the sign of squares other than to multiply those squares")
     if isinstance(a, Squares) or isinstance(b, Squares):
         return _scaled_squares(walk, node, inputs)
     if isinstance(a, Signal) and isinstance(b, Signal):
-        silu = walk.tracker.product(a, b) if node.op_type == "Mul" else None
-        if silu is None:
-            raise UnsupportedOpError("a product of two input-dependent tensors is not globally Lipschitz")
-        return [silu]
+        known = walk.tracker.product(a, b) if node.op_type == "Mul" else walk.tracker.quotient(a, b)
+        if known is None:
+            raise UnsupportedOpError(
+                f"a {'product' if node.op_type == 'Mul' else 'quotient'} of two input-dependent tensors "
+                "is not globally Lipschitz"
+            )
+        return [known]
     if node.op_type == "Div" and isinstance(b, Signal):
         raise UnsupportedOpError("a division by an input-dependent tensor is not Lipschitz")
     data, constant = (a, b) if isinstance(a, Signal) else (b, a)
@@ -556,53 +643,51 @@ def _matmul(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
     return [walk.tracker.linear(x, _matrix_gain(matrix), walk.shape(node.output[0]), layer)]
 
 
-def _average_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
-    """AveragePool is a depthwise convolution with the constant kernel 1 / prod(kernel), bounded by
-    conv_bound (average_pool_gain); of squares, a nonnegative map with column sums window_spread."""
-    x, attributes = _data(inputs, squares=True), _attributes(node)
-    spatial, kernel = _spatial(x), attributes["kernel_shape"]
+def _windows(
+    attributes: dict[str, Any], spatial: tuple[int, ...], out_size: tuple[int, ...]
+) -> tuple[Windows, list[tuple[int, int]]]:
+    """The windows of a pooling node, and (begin, end) pads per spatial axis."""
+    kernel = attributes["kernel_shape"]
     strides = attributes.get("strides", [1] * len(spatial))
     dilations = attributes.get("dilations", [1] * len(spatial))
     pads = _pads(attributes, spatial, kernel)
-    if any(begin or end for begin, end in pads) and not attributes.get("count_include_pad", 0):
-        raise UnsupportedOpError("count_include_pad=0 with padding divides border windows differently")
+    return Windows(spatial, out_size, kernel, strides, dilations, [begin for begin, _ in pads]), pads
+
+
+def _average_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """AveragePool is linear: average_pool_gain (a depthwise convolution with the constant kernel 1 /
+    prod(kernel) when the padding counts, else the Kronecker product of per-axis averaging matrices);
+    of squares, a nonnegative map with column sums window_spread."""
+    x, attributes = _data(inputs, squares=True), _attributes(node)
+    out_shape = walk.shape(node.output[0])
+    windows, pads = _windows(attributes, _spatial(x), out_shape[2:])
+    include_pad = bool(attributes.get("count_include_pad", 0))
     floor_size = tuple(
         (n + b + e - (k - 1) * d - 1) // s + 1
-        for n, (b, e), k, d, s in zip(spatial, pads, kernel, dilations, strides, strict=True)
+        for (n, _, k, s, d, _), (b, e) in zip(windows.axes(), pads, strict=True)
     )
-    out_shape = walk.shape(node.output[0])
     if out_shape[2:] != floor_size:
         raise UnsupportedOpError("ceil_mode=1 adds partial windows")
     if isinstance(x, Squares):
-        begins = [begin for begin, _ in pads]
-        spread = window_spread(spatial, out_shape[2:], kernel, strides, dilations, begins)
-        return [x.combined(spread, out_shape)]
-    input_size, padding = _zero_padded(spatial, pads)
-    gain = average_pool_gain(
-        kernel, input_size=input_size, stride=strides, padding=padding, dilation=dilations
-    )
+        return [x.combined(window_spread(windows, include_pad), out_shape)]
+    if include_pad and any(begin != end for begin, end in pads):
+        # asymmetric zero padding: the pool of the padded input, with no padding of its own
+        size, _ = _zero_padded(windows.size, pads)
+        windows = dataclasses.replace(windows, size=size, pad=(0,) * len(size))
+    gain = average_pool_gain(windows, include_pad)
     return [walk.tracker.transformed(x, gain, out_shape)]
 
 
 def _window_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
-    """MaxPool / LpPool (p >= 2): each output moves by at most the L2 norm of its window's change, so
-    the gain is sqrt of the largest number of windows covering one pixel; LpPool with 1 <= p < 2 is
-    n^(1/p - 1/2) times more for n-pixel windows. MaxPool's indices are not Lipschitz."""
+    """MaxPool / LpPool: max_pool_gain / lp_pool_gain (each output moves by at most the norm of its
+    window's change). MaxPool's indices are not Lipschitz."""
     x, attributes = _data(inputs), _attributes(node)
-    spatial, kernel = x.shape[2:], attributes["kernel_shape"]
-    strides = attributes.get("strides", [1] * len(spatial))
-    dilations = attributes.get("dilations", [1] * len(spatial))
-    pads = _pads(attributes, spatial, kernel)
     out_shape = walk.shape(node.output[0])
-    coverage = math.prod(
-        window_coverage(n, out, k, s, d, begin)
-        for n, out, k, s, d, (begin, _) in zip(
-            spatial, out_shape[2:], kernel, strides, dilations, pads, strict=True
-        )
-    )
-    gain = math.sqrt(coverage)
+    windows, _ = _windows(attributes, x.shape[2:], out_shape[2:])
     if node.op_type == "LpPool":
-        gain *= norm_gain(attributes.get("p", 2), math.prod(kernel))
+        gain = lp_pool_gain(attributes.get("p", 2), windows)
+    else:
+        gain = max_pool_gain(windows)
     outputs: list[Value] = [walk.tracker.transformed(x, gain, out_shape)]
     if len(node.output) > 1:
         outputs.append(NotLipschitz(f"the indices output of MaxPool node {node.name!r}"))
@@ -610,14 +695,15 @@ def _window_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list
 
 
 _GROUP_GAINS: dict[str, Callable[[int, dict[str, Any]], float]] = {
-    **dict.fromkeys(("ReduceMax", "ReduceMin", "GlobalMaxPool"), lambda n, _: 1.0),
-    "ReduceLogSumExp": lambda n, _: 1.0,  # its gradient is a softmax: L2 norm <= L1 norm = 1
-    "ReduceL2": lambda n, _: norm_gain(2, n),
-    "ReduceL1": lambda n, _: norm_gain(1, n),
-    "GlobalLpPool": lambda n, attributes: norm_gain(attributes.get("p", 2), n),
+    "ReduceMax": lambda n, attributes: reduction_gain("max", n),
+    "GlobalMaxPool": lambda n, attributes: reduction_gain("max", n),
+    "ReduceMin": lambda n, attributes: reduction_gain("min", n),
+    "ReduceLogSumExp": lambda n, attributes: reduction_gain("logsumexp", n),
+    "ReduceL2": lambda n, attributes: reduction_gain("norm", n, 2),
+    "ReduceL1": lambda n, attributes: reduction_gain("norm", n, 1),
+    "GlobalLpPool": lambda n, attributes: reduction_gain("norm", n, attributes.get("p", 2)),
 }
-"""Reductions of each group of ``n`` values to one, by (n, attributes) -> Lipschitz constant of one
-group's map: ``|max|``, ``|min|`` (in differences) ``<= ||group||``, p-norms see ``norm_gain``."""
+"""Reductions of each group of ``n`` values to one: (n, attributes) -> reduction_gain."""
 
 
 _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {
@@ -629,7 +715,7 @@ _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {
 
 def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     """Reductions over axes (never the batch axis) combine disjoint groups of n values: sums and
-    means are bounded by Tracker.reduced (copies included), the others by their groups' constant
+    means are bounded by Tracker.reduced (copies included), the others by reduction_gain
     (``_GROUP_GAINS``); a sum / mean of squares is a nonnegative map with column sums 1 / (1 / n)."""
     x, attributes = _data(inputs, squares=node.op_type in _SQUARES_SPREADS), _attributes(node)
     rank = len(x.shape)
@@ -652,6 +738,13 @@ def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
     return [walk.tracker.reduced(x, axes, shape, mean=node.op_type != "ReduceSum")]
 
 
+SQUARES_OPS = frozenset(
+    {"AveragePool", "ReduceSum", "ReduceMean", "GlobalAveragePool", "Mul", "Div", "Clip", "Max"}
+    | {"Pow", "Sqrt", "Abs", "Relu", "Sign"}
+)
+"""Ops whose rules accept squares (Squares): pooling and scaling them, a floor, their root, and the
+identities of nonnegative values (Abs, Relu, sign(v) * v)."""
+
 RULES: dict[str, Rule] = {
     **dict.fromkeys(REINDEXING, _reindex),
     **dict.fromkeys(SCALAR_MAPS, _elementwise),
@@ -661,6 +754,9 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("Mul", "Div"), _product),
     **dict.fromkeys(("Max", "Min"), _extremum),
     "TopK": _top_k,
+    "Where": _where,
+    "Sign": _sign,
+    **dict.fromkeys(("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"), _compare),
     "Shape": _shape,
     **dict.fromkeys(("Pow", "Sqrt"), _power),
     "Conv": _conv,
@@ -748,17 +844,24 @@ def _layer_name(node: onnx.NodeProto) -> str:
 
 def _node_outputs(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
     for name, value in zip(node.input, inputs, strict=True):
-        if isinstance(value, NotLipschitz):
+        if isinstance(value, NotLipschitz) or (isinstance(value, Comparison) and node.op_type != "Where"):
             raise UnsupportedOpError(f"its input {name!r} is {value.what}, not a Lipschitz function")
     if any(isinstance(value, BatchShape) for value in inputs):
         return _select_from_shape(walk, node, inputs)
-    if not any(isinstance(value, Signal | Squares) for value in inputs):
+    if (
+        any(isinstance(value, Squares | SignOfSquares) for value in inputs)
+        and node.op_type not in SQUARES_OPS
+    ):
+        raise UnsupportedOpError(
+            "it reads squares of input-dependent values: only their pooled square root is bounded"
+        )
+    if all(value is None or isinstance(value, np.ndarray) for value in inputs):
         return walk.evaluate(node, inputs)
     rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
         domain = f"{node.domain}::" if node.domain else ""
         raise UnsupportedOpError(f"unsupported op {domain}{node.op_type}: no Lipschitz rule")
-    if rule is not _reindex:
+    if node.op_type not in REINDEXING:
         _require_batch_first(inputs, "it reads")
     return rule(walk, node, inputs)
 
@@ -809,7 +912,7 @@ def graph_bound(model: onnx.ModelProto, progress: Progress | None = None) -> Gra
                 del values[i]
     results = [values[o.name] for o in graph.output]
     for output, result in zip(graph.output, results, strict=True):
-        if isinstance(result, NotLipschitz | BatchShape):
+        if isinstance(result, NotLipschitz | BatchShape | Comparison):
             raise UnsupportedOpError(f"graph output {output.name!r} is {result.what}")
         if isinstance(result, Squares):
             raise UnsupportedOpError(f"graph output {output.name!r} holds squares of input-dependent values")

@@ -61,6 +61,7 @@ Nonnegative combinations
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -71,40 +72,21 @@ import torch
 import torch.nn.functional as F
 from scipy import sparse
 
-from zoo.bounds import LinearMap, adjoint_residual_bound, conv_bound, sparse_matrix_norm_bound
+from zoo.bounds import LinearMap, adjoint_residual_bound, sparse_matrix_norm_bound
+from zoo.bounds.elementwise import FIXED_SLOPES, scaling, softplus, softsign
+from zoo.bounds.pooling import reduction_gain
 from zoo.certificate import LayerBound
 
 __all__ = [
-    "ERF_LIPSCHITZ",
-    "GELU_LIPSCHITZ",
-    "HARDSWISH_LIPSCHITZ",
-    "MISH_LIPSCHITZ",
-    "SILU_LIPSCHITZ",
     "GraphBound",
     "Progress",
+    "SignOfSquares",
     "Signal",
     "Squares",
     "Tracker",
     "UnsupportedOpError",
     "VerificationError",
-    "average_pool_gain",
-    "window_coverage",
-    "window_spread",
 ]
-
-
-# Lipschitz constants of smooth activations: sup |f'| over the reals, attained where stated, rounded up
-# (tests/export/test_verify.py checks each against autograd derivatives on a fine grid).
-GELU_LIPSCHITZ = 1.1291
-"""x Phi(x): 1.128904 at x = sqrt(2); its tanh approximation: 1.128993 at x = 1.418."""
-SILU_LIPSCHITZ = 1.0999
-"""x sigmoid(x) (SiLU, swish): 1.099839 at x = 2.3994."""
-MISH_LIPSCHITZ = 1.0886
-"""x tanh(softplus(x)): 1.088498 at x = 1.4906."""
-ERF_LIPSCHITZ = 1.12838
-"""erf: 2 / sqrt(pi) = 1.1283792 at x = 0."""
-HARDSWISH_LIPSCHITZ = 1.5
-"""x relu6(x + 3) / 6: (2 x + 3) / 6 on (-3, 3), 1.5 at x = 3."""
 
 
 Progress = Callable[[int, int | None, str], None]
@@ -145,7 +127,8 @@ class Squares:
     sqrt(W_o (a - b)^2)`` (triangle inequality of the ``W_o``-weighted norm), and summing the squares
     over ``o`` gives at most ``spread ||a - b||^2``. ``floored``: a max with constants >= 0 was
     taken, which only the root may follow (``sqrt(max(v, c)) = max(sqrt(v), sqrt(c))``, a
-    1-Lipschitz map of the root).
+    1-Lipschitz map of the root). Squares are nonnegative, so Abs and ReLU leave them as they are,
+    and ``sign(v) * v = v`` (:class:`SignOfSquares`): how torch spells its LPPool.
     """
 
     signal: Signal
@@ -164,6 +147,15 @@ class Squares:
 
     def with_floor(self) -> Squares:
         return Squares(self.signal, self.shape, self.spread, floored=True)
+
+
+@dataclass(frozen=True, eq=False)
+class SignOfSquares:
+    """``sign(v)`` of :class:`Squares` ``v`` (0 or 1 entry by entry): not Lipschitz, and only a product
+    with those very squares reads it (``sign(v) * v = v`` for ``v >= 0``)."""
+
+    squares: Squares
+    what = "the sign of squares of input-dependent values"
 
 
 @dataclass(frozen=True)
@@ -201,9 +193,8 @@ class Tracker:
         self._groups: dict[tuple[int, ...], tuple[Sequence[Signal], list[Signal]]] = {}
         # id(output) -> (output, input, layer) / (output, input); the output is kept alive with its id
         self._linear: dict[int, tuple[Signal, Signal, LinearMap]] = {}
-        self._relus: dict[int, tuple[Signal, Signal]] = {}
         self._means: dict[int, tuple[Signal, Signal]] = {}
-        self._sigmoids: dict[int, tuple[Signal, Signal]] = {}
+        self._maps: dict[int, tuple[Signal, str, Signal, float]] = {}  # (output, kind, input, parameter)
         self._majorants: dict[int, tuple[Signal, sparse.csr_matrix]] = {}
 
     def source(self, shape: Sequence[int], bound: float) -> Signal:
@@ -346,7 +337,7 @@ class Tracker:
         """
         count = math.prod(signal.shape[a] for a in axes)
         weight = 1 / count if mean else 1.0
-        bound = weight * math.sqrt(count) * self.bound(signal)
+        bound = reduction_gain("mean" if mean else "sum", count) * self.bound(signal)
         majorant = self._majorant(signal)
         if id(signal) in self._majorants or self._copies(majorant):
             # example 0's entries, grouped by output: row o lists the positions summed into output o
@@ -365,14 +356,31 @@ class Tracker:
 
     def scaled(self, signal: Signal, factors: np.ndarray, shape: Sequence[int]) -> Signal:
         """``signal`` (already of ``shape``) times constants ``factors`` (broadcast to ``shape``):
-        max |factors|-Lipschitz, entry by entry; with a recorded majorant, its rows are scaled too."""
+        max |factors|-Lipschitz (:func:`~zoo.bounds.elementwise.scaling`), entry by entry; with a
+        recorded majorant, its rows are scaled too. A scaling by one number is kept for composite
+        rules."""
         alike = np.size(factors) == 1
-        factors = np.abs(np.broadcast_to(np.asarray(factors, dtype=np.float64), tuple(shape)))
-        output = self.elementwise(signal, float(np.max(factors, initial=0.0)), alike)
-        if id(signal) not in self._majorants:
-            return output
-        rows = sparse.diags(factors.reshape(self.batch, -1)[0])
-        return self._combined(shape, self.bound(output), rows @ self._majorant(signal))
+        gain = scaling(factors)
+        output = self.elementwise(signal, gain, alike)
+        if id(signal) in self._majorants:
+            rows = np.abs(np.broadcast_to(np.asarray(factors, dtype=np.float64), tuple(shape)))
+            majorant = sparse.diags(rows.reshape(self.batch, -1)[0]) @ self._majorant(signal)
+            output = self._combined(shape, self.bound(output), majorant)
+        return (
+            self._record(output, "scale", signal, float(np.asarray(factors).ravel()[0])) if alike else output
+        )
+
+    def _record(self, output: Signal, kind: str, signal: Signal, parameter: float = 0.0) -> Signal:
+        """Remember that ``output`` is the map ``kind`` (with ``parameter``) of ``signal``, applied
+        alike to every entry, for the composite rules (which match by identity: signals never change,
+        so the same object means the same values)."""
+        self._maps[id(output)] = (output, kind, signal, parameter)
+        return output
+
+    def _recorded(self, output: Signal, kind: str) -> tuple[Signal, float] | None:
+        """(input, parameter) when ``output`` was recorded as the map ``kind`` of its input."""
+        entry = self._maps.get(id(output))
+        return (entry[2], entry[3]) if entry is not None and entry[1] == kind else None
 
     def centered(self, x: Signal, mean: Signal, shape: Sequence[int]) -> Signal | None:
         """``x - mean`` (of ``shape``) when ``mean`` is a recorded mean of this very ``x``: subtracting
@@ -383,25 +391,60 @@ class Tracker:
             return None
         return self.source(x.shape, self.bound(x))
 
-    def relu(self, signal: Signal) -> Signal:
-        """ReLU of ``signal`` (1-Lipschitz, applied alike to every entry), kept for composite rules."""
-        output = self.elementwise(signal, 1.0, alike=True)
-        self._relus[id(output)] = (output, signal)
-        return output
+    def mapped(self, signal: Signal, kind: str, factor: float) -> Signal:
+        """:meth:`elementwise` map ``kind`` ('relu', 'sigmoid', 'abs', 'softplus'...) of ``signal``,
+        applied alike to every entry and ``factor``-Lipschitz, kept for the composite rules."""
+        return self._record(self.elementwise(signal, factor, alike=True), kind, signal)
 
-    def sigmoid(self, signal: Signal) -> Signal:
-        """Sigmoid of ``signal`` (1/4-Lipschitz), kept for :meth:`product`."""
-        output = self.elementwise(signal, 0.25, alike=True)
-        self._sigmoids[id(output)] = (output, signal)
-        return output
+    def shifted(self, signal: Signal, offset: np.ndarray | float, negated: bool = False) -> Signal:
+        """``signal + offset`` (``offset - signal`` when ``negated``) for finite constants ``offset``: a
+        translation (the same ids); ``signal + c`` for one number ``c`` is kept for :meth:`quotient`."""
+        offset = np.asarray(offset, dtype=np.float64)
+        if not np.all(np.isfinite(offset)):
+            raise UnsupportedOpError("it adds a NaN or infinite constant")
+        output = self.elementwise(signal, 1.0, alike=offset.size == 1)
+        if offset.size != 1 or negated:
+            return output
+        return self._record(output, "shift", signal, float(offset.ravel()[0]))
 
     def product(self, a: Signal, b: Signal) -> Signal | None:
         """``a * b`` when one factor is the recorded sigmoid of the other, very same, signal: SiLU
-        (``x sigmoid(x)``, SILU_LIPSCHITZ), applied alike to every entry; None otherwise."""
+        (``x sigmoid(x)``), applied alike to every entry; None otherwise."""
         for x, gate in ((a, b), (b, a)):
-            recorded = self._sigmoids.get(id(gate))
-            if recorded is not None and recorded[1] is x:
-                return self.elementwise(x, SILU_LIPSCHITZ, alike=True)
+            recorded = self._recorded(gate, "sigmoid")
+            if recorded is not None and recorded[0] is x:
+                return self.elementwise(x, FIXED_SLOPES["silu"], alike=True)
+        return None
+
+    def quotient(self, x: Signal, denominator: Signal) -> Signal | None:
+        """``x / (c + |x|)`` when ``denominator`` is recorded as ``c + |x|`` of this very ``x``
+        (how exporters spell softsign): :func:`~zoo.bounds.elementwise.softsign` (c); None otherwise."""
+        shifted = self._recorded(denominator, "shift")
+        absolute = None if shifted is None else self._recorded(shifted[0], "abs")
+        if absolute is None or absolute[0] is not x:
+            return None
+        return self.elementwise(x, softsign(shifted[1]), alike=True)
+
+    def thresholded_softplus(
+        self, compared: Signal, threshold: float, above: Signal, below: Signal
+    ) -> Signal | None:
+        """``where(b x > t, x, softplus(b x) / b)`` (how torch.onnx spells torch's softplus with
+        ``beta = b``, ``threshold = t``), given ``compared``, ``above`` and ``below``: one map of ``x``
+        bounded by :func:`~zoo.bounds.elementwise.softplus` (b, t); None when they are not that."""
+        readings = [(compared, 1.0)]  # compared is x itself (b = 1), or a recorded b x
+        scale = self._recorded(compared, "scale")
+        if scale is not None:
+            readings.append(scale)
+        for x, beta in readings:
+            unscaled = below
+            if beta != 1.0:
+                divided = self._recorded(below, "scale")
+                if divided is None or not math.isclose(divided[1] * beta, 1.0, rel_tol=1e-6):
+                    continue
+                unscaled = divided[0]
+            inner = self._recorded(unscaled, "softplus")
+            if x is above and inner is not None and inner[0] is compared:
+                return self.elementwise(x, softplus(beta, threshold), alike=True)
         return None
 
     def squares(self, signal: Signal) -> Squares:
@@ -412,15 +455,19 @@ class Tracker:
         """The square root of ``squares``: a source bounded by ``sqrt(spread)`` times the signal's bound."""
         return self.source(squares.shape, math.sqrt(squares.spread) * self.bound(squares.signal))
 
-    def summed(self, terms: Sequence[Signal]) -> Signal:
-        """The sum of same-shape terms, bounded by the smaller of the triangle inequality (the sum of
-        their bounds) and Cauchy-Schwarz (``sqrt(len(terms))`` times their joint bound), and for a
-        residual block ``x + B relu(A x + b)`` by :meth:`adjoint_residual_gain` times ``x``'s bound."""
+    def summed(self, terms: Sequence[Signal], signs: Sequence[float] | None = None) -> Signal:
+        """The sum of same-shape terms, each times its sign (+1 or -1; all +1 when not given),
+        bounded by the smaller of the triangle inequality (the sum of their bounds) and
+        Cauchy-Schwarz (``sqrt(len(terms))`` times their joint bound), and for a residual block
+        ``x +- B relu(A x + b)`` by :meth:`adjoint_residual_gain` times ``x``'s bound."""
+        signs = [1.0] * len(terms) if signs is None else list(signs)
+        if any(abs(sign) != 1 for sign in signs):
+            raise ValueError(f"the signs of a sum must be +1 or -1, got {signs}")
         triangle = sum(self.bound(term) for term in terms)
         bound = min(triangle, math.sqrt(len(terms)) * self.bound(*terms))
         if len(terms) == 2:
-            for x, branch in (terms, terms[::-1]):
-                gain = self.adjoint_residual_gain(x, branch)
+            for (x, branch), relative in ((terms, signs[1] * signs[0]), (terms[::-1], signs[0] * signs[1])):
+                gain = self.adjoint_residual_gain(x, branch, relative)
                 if gain is not None:
                     bound = min(bound, gain * self.bound(x))
         majorant = sum(self._majorant(term) for term in terms)
@@ -428,16 +475,18 @@ class Tracker:
             return self._combined(terms[0].shape, bound, majorant)
         return self.source(terms[0].shape, bound)
 
-    def adjoint_residual_gain(self, x: Signal, branch: Signal) -> float | None:
-        """Bound of the map ``x -> x + branch`` when ``branch`` was computed as ``B relu(A x + b)``
-        from this very ``x``, with recorded layers ``A`` and ``B`` of adjoint geometry
-        (:func:`~zoo.bounds.adjoint_residual_bound`); None otherwise."""
+    def adjoint_residual_gain(self, x: Signal, branch: Signal, sign: float = 1.0) -> float | None:
+        """Bound of the map ``x -> x + sign * branch`` when ``branch`` was computed as ``B relu(A x +
+        b)`` from this very ``x``, with recorded layers ``A`` and ``B`` of adjoint geometry: that of
+        the block whose outer layer is ``sign * B`` (:func:`~zoo.bounds.adjoint_residual_bound`, sound
+        for any weights, so for ``-B`` too); None otherwise."""
         outer = self._linear.get(id(branch))
-        relu = None if outer is None else self._relus.get(id(outer[1]))
-        inner = None if relu is None else self._linear.get(id(relu[1]))
+        relu = None if outer is None else self._recorded(outer[1], "relu")
+        inner = None if relu is None else self._linear.get(id(relu[0]))
         if inner is None or inner[1] is not x or branch.shape != x.shape:
             return None
-        return adjoint_residual_bound(inner[2], outer[2], x.shape[2:])
+        outer_map = outer[2] if sign == 1 else dataclasses.replace(outer[2], weight=sign * outer[2].weight)
+        return adjoint_residual_bound(inner[2], outer_map, x.shape[2:])
 
     def sorted_group(self, operands: Sequence[Signal]) -> list[Signal]:
         """Ranks of same-shape operands sorted value by value: ``ranks[r][k]`` is the r-th smallest of
@@ -495,59 +544,3 @@ def _padded(index: torch.Tensor, pads: list[int], mode: str) -> torch.Tensor | N
         return F.pad(index, pads, mode=mode)
     except (RuntimeError, ValueError, NotImplementedError):
         return None
-
-
-def window_coverage(size: int, out_size: int, kernel: int, stride: int, dilation: int, pad: int) -> int:
-    """Largest number of pooling windows, along one axis, that contain one input position.
-
-    Window ``o`` reads positions ``o * stride - pad + dilation * j`` for ``j < kernel``; positions
-    outside ``[0, size)`` are padding.
-    """
-    taps = (np.arange(out_size)[:, None] * stride - pad + dilation * np.arange(kernel)[None, :]).ravel()
-    taps = taps[(taps >= 0) & (taps < size)]
-    return int(np.bincount(taps, minlength=size).max()) if taps.size else 0
-
-
-def norm_gain(p: float, count: int) -> float:
-    """Lipschitz constant, with respect to the L2 norm, of the p-norm of ``count`` values.
-
-    ``| ||a||_p - ||b||_p | <= ||a - b||_p``, and ``||v||_p <= ||v||_2`` for ``p >= 2`` (``inf``
-    included), ``<= count^(1/p - 1/2) ||v||_2`` for ``1 <= p < 2`` (Hoelder). Below 1 it is no norm.
-    """
-    if not p >= 1:
-        raise UnsupportedOpError(f"p={p} is not a norm")
-    return count ** max(0.0, 1 / p - 1 / 2)
-
-
-def window_spread(
-    size: Sequence[int],
-    out_size: Sequence[int],
-    kernel: Sequence[int],
-    stride: Sequence[int],
-    dilation: Sequence[int],
-    pad: Sequence[int],
-) -> float:
-    """Largest column sum of an average pool's matrix (windows divided by ``prod(kernel)``): the
-    largest number of windows containing one pixel, over ``prod(kernel)``."""
-    coverage = math.prod(
-        window_coverage(n, o, k, s, d, p)
-        for n, o, k, s, d, p in zip(size, out_size, kernel, stride, dilation, pad, strict=True)
-    )
-    return coverage / math.prod(kernel)
-
-
-def average_pool_gain(
-    kernel: Sequence[int],
-    *,
-    input_size: Sequence[int],
-    stride: Sequence[int],
-    padding: int | Sequence[int],
-    dilation: Sequence[int],
-) -> float:
-    """Sound operator norm of an average pool (zero padding counted in the average): each channel is
-    convolved with the same constant kernel ``1 / prod(kernel)``, a block-diagonal operator whose norm
-    is that of one channel's convolution."""
-    weight = torch.full((1, 1, *kernel), 1.0 / math.prod(kernel), dtype=torch.float64)
-    return conv_bound(
-        weight, input_size=tuple(input_size), stride=tuple(stride), padding=padding, dilation=tuple(dilation)
-    )

@@ -27,15 +27,11 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
 from export.propagation import (
-    ERF_LIPSCHITZ,
-    GELU_LIPSCHITZ,
-    HARDSWISH_LIPSCHITZ,
-    MISH_LIPSCHITZ,
-    SILU_LIPSCHITZ,
     GraphBound,
     Progress,
     Signal,
@@ -43,10 +39,6 @@ from export.propagation import (
     Tracker,
     UnsupportedOpError,
     VerificationError,
-    average_pool_gain,
-    norm_gain,
-    window_coverage,
-    window_spread,
 )
 from zoo.bounds import (
     LinearMap,
@@ -55,6 +47,8 @@ from zoo.bounds import (
     conv_transpose_bound,
     matrix_norm_bound,
 )
+from zoo.bounds import elementwise as slopes
+from zoo.bounds.pooling import Windows, average_pool_gain, max_pool_gain, reduction_gain, window_spread
 from zoo.certificate import LayerBound
 
 __all__ = ["REINDEXING", "RULES", "program_bound"]
@@ -105,14 +99,15 @@ class _Tracked(torch.Tensor):
 
     ``signal`` says how (None when they have no bound: ``unusable`` says why), and ``index`` holds
     the signal's index array as a torch tensor, which views of this tensor share. ``squares`` is set
-    instead of ``signal`` for squares on the way to their pooled square root (only the rules of
-    :data:`SQUARES_OPS` read them).
+    instead of ``signal`` for squares on the way to their pooled square root, ``sign_of`` for their
+    sign (only the rules of :data:`SQUARES_OPS` read them).
     """
 
     index: torch.Tensor
     signal: Signal | None
     unusable: str | None
     squares: Squares | None = None
+    sign_of: Squares | None = None
 
     @staticmethod
     def __new__(cls, index: torch.Tensor, dtype: torch.dtype, signal: Signal | None, unusable: str | None):
@@ -189,10 +184,6 @@ def _constant(value: Any, what: str) -> Any:
     return value
 
 
-def _largest_abs(value: Any) -> float:
-    return float(value.detach().abs().max()) if isinstance(value, torch.Tensor) else abs(float(value))
-
-
 def _is_scalar(value: Any) -> bool:
     return not isinstance(value, torch.Tensor) or value.numel() == 1
 
@@ -237,7 +228,10 @@ class _Run:
         self.calls += 1
         try:
             leaves = tree_leaves((args, kwargs))
-            if any(isinstance(value, _Tracked) and value.squares is not None for value in leaves):
+            special = [
+                v for v in leaves if isinstance(v, _Tracked) and not (v.squares is None and v.sign_of is None)
+            ]
+            if special:
                 if _op_name(func) not in SQUARES_OPS or name != _op_name(func):
                     raise UnsupportedOpError(
                         f"aten.{name} reads squares of input-dependent values: only their pooled "
@@ -246,6 +240,8 @@ class _Run:
                 return self.apply(func, args, kwargs)
             for value in leaves:
                 if isinstance(value, _Tracked) and value.signal is None:
+                    if name in REINDEXING:  # moving values that have no bound: still none
+                        return self.unusable(func, args, kwargs, value.unusable)
                     raise UnsupportedOpError(
                         f"it uses {value.unusable}, not a Lipschitz function of the input"
                     )
@@ -275,6 +271,16 @@ class _Run:
                 LayerBound(str(len(self.layers)), f"aten.{name}", bound, tuple(inputs[0].shape[1:]))
             )
         return outputs
+
+    def unusable(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict, why: str) -> Any:
+        """The outputs of ``func`` (which moves values) as tracked tensors without a bound (``why``)."""
+
+        def wrap(value: Any) -> Any:
+            if not isinstance(value, torch.Tensor):
+                return value
+            return _Tracked(torch.full(value.shape, -1, dtype=torch.int64), value.dtype, None, why)
+
+        return tree_map(wrap, self.shadow(func, _arguments(func, args, kwargs)))
 
     def reindex(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
         """Moves values only: run on the index arrays (constant values marked -1), so exact."""
@@ -398,41 +404,43 @@ def _matrix_product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -
     )
 
 
+def _fixed(name: str) -> Callable[[dict[str, Any]], float]:
+    return lambda a: slopes.FIXED_SLOPES[name]
+
+
 _SCALAR_MAPS: dict[str, Callable[[dict[str, Any]], float]] = {
-    "relu": lambda a: 1.0,
-    "abs": lambda a: 1.0,
-    "neg": lambda a: 1.0,
-    "tanh": lambda a: 1.0,
-    "hardtanh": lambda a: 1.0,
-    "clamp": lambda a: 1.0,
-    "clamp_min": lambda a: 1.0,
-    "clamp_max": lambda a: 1.0,
-    "leaky_relu": lambda a: max(1.0, abs(float(a["negative_slope"]))),
-    "sigmoid": lambda a: 0.25,
-    "gelu": lambda a: GELU_LIPSCHITZ,
-    "silu": lambda a: SILU_LIPSCHITZ,
-    "mish": lambda a: MISH_LIPSCHITZ,
-    "erf": lambda a: ERF_LIPSCHITZ,
-    "hardswish": lambda a: HARDSWISH_LIPSCHITZ,
-    "hardsigmoid": lambda a: 0.1666667,  # relu6(x + 3) / 6, the 1/6 rounded up (float32 has 0.16666667163)
-    "celu": lambda a: 1.0,
-    # scale x (x > 0), scale alpha (exp(input_scale x) - 1) (x <= 0); selu and elu are such maps
-    "elu": lambda a: abs(float(a["scale"])) * max(1.0, abs(float(a["alpha"]) * float(a["input_scale"]))),
-    "selu": lambda a: 1.0507009873554804934193349852946 * 1.6732632423543772848170429916717,
+    **{name: _fixed(name) for name in ("relu", "abs", "neg", "tanh", "atan", "sin", "cos", "sigmoid")},
+    **{name: _fixed(name) for name in ("gelu", "silu", "mish", "erf", "hardswish", "hardsigmoid", "selu")},
+    "hardtanh": lambda a: slopes.clamp(a["min_val"], a["max_val"]),
+    "clamp": lambda a: slopes.clamp(a.get("min"), a.get("max")),
+    "clamp_min": lambda a: slopes.clamp(a["min"], None),
+    "clamp_max": lambda a: slopes.clamp(None, a["max"]),
+    "leaky_relu": lambda a: slopes.leaky_relu(a["negative_slope"]),
+    "celu": lambda a: slopes.celu(a["alpha"]),
+    "elu": lambda a: slopes.elu(a["alpha"], scale=a["scale"], input_scale=a["input_scale"]),
+    "softplus": lambda a: slopes.softplus(a["beta"], a["threshold"]),
 }
-"""aten scalar maps -> Lipschitz constant from the op's arguments: sup of |f'|."""
+"""aten scalar maps -> their Lipschitz constant (:mod:`zoo.bounds.elementwise`) from the op's arguments."""
+
+
+_RECORDED_MAPS = frozenset({"relu", "sigmoid", "abs", "softplus"})
+"""Scalar maps that composite rules look for (Tracker.mapped)."""
 
 
 def _elementwise(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """Each output value is a scalar function of one input value, whose Lipschitz constant
-    _SCALAR_MAPS gives (1 for relu, abs, tanh, clamps...; 1/4 for sigmoid; GELU_LIPSCHITZ...)."""
+    _SCALAR_MAPS gives (zoo.bounds.elementwise)."""
     x = a["self"]
+    if x.squares is not None and _op_name(func) in ("abs", "relu"):
+        return run.wrap_squares(x.squares, x.dtype)  # squares are >= 0: abs and relu leave them
     if x.squares is not None:
         if a.get("max") is not None:
             raise UnsupportedOpError("only a floor (no ceiling) of squares is supported")
         return _floor(run, x.squares, a["min"], x.dtype)
-    if _op_name(func) == "relu":
-        return run.wrap(run.tracker.relu(_signal(x)), x.dtype)
+    if _op_name(func) in _RECORDED_MAPS:
+        return run.wrap(
+            run.tracker.mapped(_signal(x), _op_name(func), _SCALAR_MAPS[_op_name(func)](a)), x.dtype
+        )
     bounds = [_constant(a[k], "bound") for k in ("min", "max", "min_val", "max_val") if k in a]
     alike = all(_is_scalar(bound) for bound in bounds if bound is not None)
     factor = _SCALAR_MAPS[_op_name(func)](a)
@@ -442,60 +450,83 @@ def _elementwise(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> A
 def _prelu(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """prelu: each output value is x or a x for its constant slope a, max(1, max |a|)-Lipschitz."""
     x, slope = a["self"], _constant(a["weight"], "slope")
-    factor = max(1.0, float(slope.detach().abs().max()))
-    return run.wrap(run.tracker.elementwise(_signal(x), factor, alike=slope.numel() == 1), x.dtype)
+    return run.wrap(
+        run.tracker.elementwise(_signal(x), slopes.prelu(slope), alike=slope.numel() == 1), x.dtype
+    )
+
+
+def _float64(value: Any) -> np.ndarray:
+    """A constant argument (a tensor or a number) as a float64 array."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().double().numpy()
+    return np.asarray(float(value))
 
 
 def _sum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """add / sub / rsub (x + alpha y, x - alpha y, y - alpha x): a constant term only translates;
-    input-dependent terms, scaled by |alpha| where it applies, are summed (Tracker.summed); x - mean(x)
-    is a projection (Tracker.centered)."""
-    alpha = abs(float(a.get("alpha", 1)))
-    scaled = "other" if _op_name(func) != "rsub" else "self"
+    input-dependent terms, scaled by |alpha| where it applies, are summed with their signs
+    (Tracker.summed); x - mean(x) is a projection (Tracker.centered)."""
+    alpha = float(a.get("alpha", 1))
+    coefficients = {"add": (1.0, alpha), "sub": (1.0, -alpha), "rsub": (-alpha, 1.0)}[_op_name(func)]
     shape = run.shadow(func, a).shape
     dtype = next(v.dtype for v in (a["self"], a["other"]) if isinstance(v, _Tracked))
-    if _op_name(func) == "sub" and alpha == 1 and all(isinstance(a[k], _Tracked) for k in ("self", "other")):
+    if coefficients == (1.0, -1.0) and all(isinstance(a[k], _Tracked) for k in ("self", "other")):
         centered = run.tracker.centered(a["self"].signal, a["other"].signal, shape)
         if centered is not None:
             return run.wrap(centered, dtype)
-    terms, constants = [], []
-    for key in ("self", "other"):
+    terms, signs, offset = [], [], np.float64(0.0)
+    for key, coefficient in zip(("self", "other"), coefficients, strict=True):
         value = a[key]
         if not isinstance(value, _Tracked):
-            constants.append(value)
+            offset = offset + coefficient * _float64(value)
             continue
         signal = run.tracker.broadcast(value.signal, shape)
-        factor = alpha if key == scaled else 1.0
-        terms.append(signal if factor == 1 else run.tracker.elementwise(signal, factor, alike=True))
+        if abs(coefficient) != 1:
+            signal = run.tracker.scaled(signal, np.float64(abs(coefficient)), shape)
+        terms.append(signal)
+        signs.append(math.copysign(1.0, coefficient))
     if len(terms) > 1:
-        return run.wrap(run.tracker.summed(terms), dtype)
-    alike = all(_is_scalar(value) for value in constants)
-    return run.wrap(run.tracker.elementwise(terms[0], 1.0, alike), dtype)
+        return run.wrap(run.tracker.summed(terms, signs), dtype)
+    return run.wrap(run.tracker.shifted(terms[0], offset, negated=signs[0] < 0), dtype)
 
 
 def _product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """mul / div by a constant c: value k is multiplied by c_k, so the map is max |c|-Lipschitz (exact
-    for a scalar); products and quotients of input-dependent tensors are not globally Lipschitz."""
+    for a scalar, Tracker.scaled); x / (c + |x|) is softsign (Tracker.quotient); other products and
+    quotients of input-dependent tensors are not globally Lipschitz."""
     x, other = a["self"], a["other"]
     if _op_name(func) == "mul" and isinstance(x, _Tracked) and other is x:
         return run.wrap_squares(run.tracker.squares(_signal(x)), x.dtype)
+    for sign, value in ((x, other), (other, x)):
+        if isinstance(sign, _Tracked) and sign.sign_of is not None:
+            if _op_name(func) == "mul" and isinstance(value, _Tracked) and value.squares is sign.sign_of:
+                return run.wrap_squares(value.squares, value.dtype)  # sign(v) * v = v for squares v >= 0
+            raise UnsupportedOpError("it uses the sign of squares other than to multiply those squares")
     if any(isinstance(v, _Tracked) and v.squares is not None for v in (x, other)):
         return _scaled_squares(run, func, a)
+    if a.get("rounding_mode"):
+        raise UnsupportedOpError("a rounded division is not Lipschitz")
     if isinstance(x, _Tracked) and isinstance(other, _Tracked):
-        raise UnsupportedOpError("a product of two input-dependent tensors is not globally Lipschitz")
-    if _op_name(func) == "div" and (isinstance(other, _Tracked) or a.get("rounding_mode")):
-        raise UnsupportedOpError(
-            "a division by an input-dependent tensor, or a rounded one, is not Lipschitz"
+        known = (run.tracker.product if _op_name(func) == "mul" else run.tracker.quotient)(
+            x.signal, other.signal
         )
+        if known is None:
+            raise UnsupportedOpError(
+                f"a {'product' if _op_name(func) == 'mul' else 'quotient'} of two input-dependent tensors "
+                "is not globally Lipschitz"
+            )
+        return run.wrap(known, x.dtype)
+    if _op_name(func) == "div" and isinstance(other, _Tracked):
+        raise UnsupportedOpError("a division by an input-dependent tensor is not Lipschitz")
     data, constant = (x, other) if isinstance(x, _Tracked) else (other, x)
-    factor = _largest_abs(constant)
+    factors = _float64(constant)
     if _op_name(func) == "div":
-        smallest = float(constant.abs().min()) if isinstance(constant, torch.Tensor) else abs(float(constant))
-        factor = math.inf if smallest == 0 else 1 / smallest
-    if not math.isfinite(factor):
+        with np.errstate(divide="ignore"):
+            factors = 1.0 / factors
+    if not np.all(np.isfinite(factors)):
         raise UnsupportedOpError("it divides by zero")
-    signal = run.tracker.broadcast(data.signal, run.shadow(func, a).shape)
-    return run.wrap(run.tracker.elementwise(signal, factor, alike=_is_scalar(constant)), data.dtype)
+    shape = run.shadow(func, a).shape
+    return run.wrap(run.tracker.scaled(run.tracker.broadcast(data.signal, shape), factors, shape), data.dtype)
 
 
 def _scaled_squares(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
@@ -532,8 +563,11 @@ def _extremum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """maximum / minimum of two input-dependent tensors is the top / bottom rank of each sorted pair
     (Tracker.sorted_group: a sort is 1-Lipschitz); with a constant, only a clamp (1-Lipschitz)."""
     x, other = a["self"], a["other"]
-    if _op_name(func) == "maximum" and isinstance(x, _Tracked) and x.squares is not None:
-        return _floor(run, x.squares, other, x.dtype)
+    for squares, floor in ((x, other), (other, x)):
+        if isinstance(squares, _Tracked) and squares.squares is not None:
+            if _op_name(func) != "maximum":
+                raise UnsupportedOpError("only a maximum of squares with a constant floor is supported")
+            return _floor(run, squares.squares, floor, squares.dtype)
     shape = run.shadow(func, a).shape
     operands = [run.tracker.broadcast(v.signal, shape) for v in (x, other) if isinstance(v, _Tracked)]
     dtype = next(v.dtype for v in (x, other) if isinstance(v, _Tracked))
@@ -542,6 +576,17 @@ def _extremum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
         return run.wrap(run.tracker.elementwise(operands[0], 1.0, alike=_is_scalar(constant)), dtype)
     ranks = run.tracker.sorted_group(operands)
     return run.wrap(ranks[-1] if _op_name(func) == "maximum" else ranks[0], dtype)
+
+
+def _sign(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """sign jumps at 0: it is read only of squares, and only to multiply those squares (sign(v) * v =
+    v for v >= 0, how torch spells its LPPool)."""
+    x = a["self"]
+    if x.squares is None:
+        raise UnsupportedOpError("the sign of an input-dependent tensor is not continuous")
+    sign = _Tracked(torch.full(x.shape, -1, dtype=torch.int64), x.dtype, None, "the sign of squares")
+    sign.sign_of = x.squares
+    return sign
 
 
 def _sorted(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
@@ -563,11 +608,13 @@ def _spatial(x: _Tracked, values: Sequence[int]) -> tuple[int, ...]:
 
 
 def _average_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
-    """avg_pool is a depthwise convolution with the constant kernel 1 / prod(kernel), bounded by
-    conv_bound (average_pool_gain); adaptive pools whose windows tile the input are such pools, the
-    others have the exact norm of adaptive_average_pool_bound."""
+    """avg_pool is linear: average_pool_gain (a depthwise convolution with the constant kernel 1 /
+    prod(kernel) when the padding counts, else per-axis averaging matrices); adaptive pools whose
+    windows tile the input are such pools, the others have the exact norm of
+    adaptive_average_pool_bound; of squares, a nonnegative map with column sums window_spread."""
     x = a["self"]
     spatial = tuple(x.shape[2:])
+    include_pad, divisor = True, None
     if "output_size" in a:
         out = _spatial(x, a["output_size"])
         if any(n % o for n, o in zip(spatial, out, strict=True)):
@@ -581,42 +628,33 @@ def _average_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> 
         kernel = _spatial(x, a["kernel_size"])
         stride = _spatial(x, a["stride"] or kernel)
         padding = _spatial(x, a["padding"])
-        if a.get("divisor_override") not in (None, math.prod(kernel)):
-            raise UnsupportedOpError("divisor_override is not supported")
-        if any(padding) and not a["count_include_pad"]:
-            raise UnsupportedOpError(
-                "count_include_pad=False with padding divides border windows differently"
-            )
+        include_pad, divisor = a["count_include_pad"], a.get("divisor_override")
     shape = run.shadow(func, a).shape
     floor = tuple(
         (n + 2 * p - k) // s + 1 for n, p, k, s in zip(spatial, padding, kernel, stride, strict=True)
     )
     if tuple(shape[2:]) != floor:
         raise UnsupportedOpError("ceil_mode=True adds partial windows")
-    dilation = (1,) * len(spatial)
+    windows = Windows(spatial, shape[2:], kernel, stride, (1,) * len(spatial), padding)
     if x.squares is not None:
-        spread = window_spread(spatial, shape[2:], kernel, stride, dilation, padding)
-        return run.wrap_squares(x.squares.combined(spread, shape), x.dtype)
-    gain = average_pool_gain(kernel, input_size=spatial, stride=stride, padding=padding, dilation=dilation)
+        if divisor is not None:
+            raise UnsupportedOpError("divisor_override over squares is not supported")
+        return run.wrap_squares(x.squares.combined(window_spread(windows, include_pad), shape), x.dtype)
+    gain = average_pool_gain(windows, include_pad, divisor)
     return run.wrap(run.tracker.transformed(_signal(x), gain, shape), x.dtype)
 
 
 def _max_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
-    """max_pool: each output moves by at most the L2 norm of its window's change, so the gain is sqrt
-    of the largest number of windows covering one pixel; the indices are not Lipschitz."""
+    """max_pool: max_pool_gain (each output moves by at most the norm of its window's change); the
+    indices are not Lipschitz."""
     x = a["self"]
     kernel = _spatial(x, a["kernel_size"])
     stride = _spatial(x, a["stride"] or kernel)
     padding, dilation = _spatial(x, a["padding"]), _spatial(x, a["dilation"])
     outputs = run.shadow(func, a)
     values = outputs[0] if isinstance(outputs, tuple) else outputs
-    coverage = math.prod(
-        window_coverage(n, out, k, s, d, p)
-        for n, out, k, s, d, p in zip(
-            x.shape[2:], values.shape[2:], kernel, stride, dilation, padding, strict=True
-        )
-    )
-    tracked = run.wrap(run.tracker.transformed(_signal(x), math.sqrt(coverage), values.shape), x.dtype)
+    gain = max_pool_gain(Windows(x.shape[2:], values.shape[2:], kernel, stride, dilation, padding))
+    tracked = run.wrap(run.tracker.transformed(_signal(x), gain, values.shape), x.dtype)
     if not isinstance(outputs, tuple):
         return tracked
     return tracked, _Tracked(outputs[1], outputs[1].dtype, None, "the indices of aten.max_pool")
@@ -629,12 +667,12 @@ def _norm_order(a: dict[str, Any]) -> float:
 
 
 _GROUP_GAINS: dict[str, Callable[[int, dict[str, Any]], float]] = {
-    **dict.fromkeys(("amax", "amin"), lambda n, a: 1.0),
-    "logsumexp": lambda n, a: 1.0,  # its gradient is a softmax: L2 norm <= L1 norm = 1
-    **dict.fromkeys(("linalg_vector_norm", "norm"), lambda n, a: norm_gain(_norm_order(a), n)),
+    "amax": lambda n, a: reduction_gain("max", n),
+    "amin": lambda n, a: reduction_gain("min", n),
+    "logsumexp": lambda n, a: reduction_gain("logsumexp", n),
+    **dict.fromkeys(("linalg_vector_norm", "norm"), lambda n, a: reduction_gain("norm", n, _norm_order(a))),
 }
-"""Reductions of each group of ``n`` values to one, by (n, arguments) -> Lipschitz constant of one
-group's map: ``|max|``, ``|min|`` (in differences) ``<= ||group||``, p-norms see ``norm_gain``."""
+"""Reductions of each group of ``n`` values to one: (n, arguments) -> reduction_gain."""
 
 
 _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {"mean": lambda n: 1 / n, "sum": lambda n: 1.0}
@@ -643,7 +681,7 @@ _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {"mean": lambda n: 1 / n, 
 def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """mean / sum / amax / amin / logsumexp / norms over dims (never the batch axis) combine
     disjoint groups of n values: sums and means are bounded by Tracker.reduced (copies included),
-    the others by their groups' constant (``_GROUP_GAINS``)."""
+    the others by reduction_gain (``_GROUP_GAINS``)."""
     x = a["self"]
     dims = a.get("dim") or list(range(x.dim()))
     dims = [d % x.dim() for d in ([dims] if isinstance(dims, int) else dims)]
@@ -665,11 +703,9 @@ def _batch_norm(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> An
     if a.get("training"):
         raise UnsupportedOpError("training-mode batch norm depends on the whole batch")
     weight, variance = _constant(a["weight"], "weight"), _constant(a["running_var"], "statistics")
-    factors = torch.rsqrt(variance.double() + a["eps"])
-    if weight is not None:
-        factors = factors * weight.double().abs()
+    factor = slopes.batch_norm(weight, variance, a["eps"])
     _, *statistics = run.shadow(func, a)
-    signal = run.tracker.elementwise(_signal(x), float(factors.max()), alike=False)
+    signal = run.tracker.elementwise(_signal(x), factor, alike=False)
     return run.wrap(signal, x.dtype), *statistics
 
 
@@ -683,6 +719,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("mul", "div"), _product),
     **dict.fromkeys(("maximum", "minimum"), _extremum),
     **dict.fromkeys(("sort", "topk"), _sorted),
+    "sign": _sign,
     **dict.fromkeys(
         ("avg_pool1d", "avg_pool2d", "_adaptive_avg_pool2d", "adaptive_avg_pool2d"), _average_pool
     ),
@@ -696,9 +733,11 @@ RULES: dict[str, Rule] = {
 """aten op name (overload packet) -> rule returning the op's outputs."""
 
 SQUARES_OPS = frozenset(
-    {"avg_pool1d", "avg_pool2d", "sum", "mean", "mul", "div", "clamp", "clamp_min", "maximum", "pow", "sqrt"}
+    {"avg_pool1d", "avg_pool2d", "sum", "mean", "mul", "div", "clamp", "clamp_min", "maximum", "minimum"}
+    | {"pow", "sqrt", "abs", "relu", "sign"}
 )
-"""aten ops whose rules accept squares (Squares): pooling and scaling them, a floor, their root."""
+"""aten ops whose rules accept squares (Squares): pooling and scaling them, a floor, their root, and
+the identities of nonnegative values (abs, relu, sign(v) * v)."""
 
 
 def program_bound(

@@ -10,7 +10,7 @@ certificate speaks for the weights that ship.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -26,6 +26,8 @@ from zoo.bounds import (
     conv_transpose_bound,
     matrix_norm_bound,
 )
+from zoo.bounds import elementwise as slopes
+from zoo.bounds.pooling import Windows, average_pool_gain, lp_pool_gain, max_pool_gain, reduction_gain
 from zoo.certificate import Certificate, LayerBound, weights_sha256
 from zoo.fold import is_folded
 from zoo.layers import (
@@ -35,13 +37,11 @@ from zoo.layers import (
     ConvexResidual,
     GlobalL2NormPool2d,
     GroupSort,
-    GroupSort2,
     HouseHolder,
     LayerCentering,
     MaxMin,
     Residual,
     ScaledAdaptiveAvgPool2d,
-    ScaledAvgPool2d,
     ScaledL2NormPool2d,
 )
 
@@ -74,22 +74,14 @@ def _conv_bound(module: nn.Conv1d | nn.Conv2d, input_shape: tuple[int, ...]) -> 
     )
 
 
-def _avg_pool_bound(module: nn.AvgPool2d, input_shape: tuple[int, ...]) -> float:
-    """An average pool is a depthwise convolution with a constant kernel 1 / (kh * kw): bound the
-    single-channel convolution (every channel is the same block) and apply the layer's scale."""
-    if module.ceil_mode or not module.count_include_pad or module.divisor_override is not None:
-        raise UnsupportedModuleError(
-            "AvgPool2d is certified only with ceil_mode=False, count_include_pad=True and no divisor_override"
-        )
-    kh, kw = nn.modules.utils._pair(module.kernel_size)
-    kernel = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=torch.float64)
-    bound = conv_bound(
-        kernel,
-        input_size=input_shape[1:],
-        stride=module.stride,
-        padding=module.padding,
-    )
-    return bound * getattr(module, "scale", 1.0)
+def _avg_pool_bound(module: nn.AvgPool1d | nn.AvgPool2d, input_shape: tuple[int, ...]) -> float:
+    """:func:`~zoo.bounds.pooling.average_pool_gain` of the pool's windows, times the layer's scale
+    (ScaledAvgPool2d's)."""
+    if module.ceil_mode:
+        raise UnsupportedModuleError(f"{type(module).__name__} is certified only with ceil_mode=False")
+    windows = _windows(module, input_shape)
+    divisor = getattr(module, "divisor_override", None)
+    return average_pool_gain(windows, module.count_include_pad, divisor) * getattr(module, "scale", 1.0)
 
 
 def _conv_transpose_bound(
@@ -114,42 +106,94 @@ def _adaptive_avg_pool_bound(module: nn.AdaptiveAvgPool2d, input_shape: tuple[in
     return adaptive_average_pool_bound((height, width), nn.modules.utils._pair(module.output_size)) * scale
 
 
-def _max_windows_per_pixel(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Largest number of pooling windows (zero padding, floor mode) that contain one input pixel."""
-    counts = [0] * size
-    for output in range((size + 2 * padding - kernel) // stride + 1):
-        start = output * stride - padding
-        for pixel in range(max(start, 0), min(start + kernel, size)):
-            counts[pixel] += 1
-    return max(counts)
+def _per_axis(value: int | Sequence[int] | None, rank: int) -> tuple[int, ...]:
+    """A pooling argument per spatial axis (torch takes an int for all of them)."""
+    return tuple(value) if isinstance(value, Sequence) else (value,) * rank
 
 
-def _l2_norm_pool_bound(module: ScaledL2NormPool2d, input_shape: tuple[int, ...]) -> float:
-    """``sqrt(m)`` with ``m`` the largest number of windows containing one pixel (proof in the
-    ScaledL2NormPool2d docstring); windows are products of row and column ranges, so ``m`` is the
-    product of the per-axis counts."""
-    geometry = zip(input_shape[-2:], module.kernel_size, module.stride, module.padding, strict=True)
-    windows = math.prod(_max_windows_per_pixel(n, k, s, p) for n, k, s, p in geometry)
-    return math.sqrt(windows)
+def _windows(module: nn.Module, input_shape: tuple[int, ...]) -> Windows:
+    """The windows of a pooling module on one example of ``input_shape`` (LPPool has no padding;
+    the output size is the module's own, ceil mode included)."""
+    spatial = input_shape[1:]
+    kernel = _per_axis(module.kernel_size, len(spatial))
+    stride = _per_axis(module.stride, len(spatial)) if module.stride else kernel
+    with torch.no_grad():
+        out_size = module(torch.zeros(1, *input_shape)).shape[2:]
+    return Windows(
+        spatial,
+        out_size,
+        kernel,
+        stride,
+        _per_axis(getattr(module, "dilation", 1), len(spatial)),
+        _per_axis(getattr(module, "padding", 0), len(spatial)),
+    )
+
+
+def _max_pool_bound(module: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """:func:`~zoo.bounds.pooling.max_pool_gain` for max pools and the L2-norm pool (proof in the
+    ScaledL2NormPool2d docstring); :func:`~zoo.bounds.pooling.lp_pool_gain` for torch's LPPool,
+    which is the p-norm of the window for an even p only (it raises values to the power p)."""
+    windows = _windows(module, input_shape)
+    if isinstance(module, nn.modules.pooling._LPPoolNd):
+        p = float(module.norm_type)
+        if not (p.is_integer() and p % 2 == 0):
+            raise UnsupportedModuleError(f"{type(module).__name__} with norm_type {p} is not a p-norm pool")
+        return lp_pool_gain(p, windows)
+    return max_pool_gain(windows)
+
+
+def _global_l2_norm_pool_bound(module: GlobalL2NormPool2d, input_shape: tuple[int, ...]) -> float:
+    """The L2 norm of each channel: :func:`~zoo.bounds.pooling.reduction_gain` ('norm', 1)."""
+    return reduction_gain("norm", math.prod(input_shape[1:]))
 
 
 def _one(module: nn.Module, input_shape: tuple[int, ...]) -> float:
     """Ops that are 1-Lipschitz in L2 by their definition, for every value of their parameters:
-    permutations within groups (sorting, MaxMin, pixel (un)shuffle), elementwise 1-Lipschitz maps
-    (ReLU, Abs), reshapes, centering (an orthogonal projection plus a translation; BatchCentering in
-    eval mode is a translation) and the global L2 norm pool (every pixel in one window, see
-    ScaledL2NormPool2d)."""
+    permutations within groups (sorting, MaxMin, pixel (un)shuffle), reshapes, and centering (an
+    orthogonal projection plus a translation; BatchCentering in eval mode is a translation)."""
     return 1.0
 
 
 def _batch_lip_norm_bound(module: BatchLipNorm, input_shape: tuple[int, ...]) -> float:
     """In eval mode a translation and a division by the stored scale: ``1 / scale``."""
-    return 1.0 / float(module.running_scale)
+    return slopes.scaling(1.0 / float(module.running_scale))
 
 
-def _prelu_bound(module: nn.PReLU, input_shape: tuple[int, ...]) -> float:
-    """Each output is ``x`` or ``a x`` for a stored slope ``a``: ``max(1, max |a|)``."""
-    return max(1.0, float(module.weight.detach().abs().max()))
+def _batch_norm_bound(module: nn.modules.batchnorm._BatchNorm, input_shape: tuple[int, ...]) -> float:
+    """Eval-mode batch normalisation with running statistics (:func:`~zoo.bounds.elementwise.batch_norm`)."""
+    if module.running_var is None:
+        raise UnsupportedModuleError(
+            f"{type(module).__name__} without running statistics depends on the batch"
+        )
+    return slopes.batch_norm(module.weight, module.running_var, module.eps)
+
+
+def _slope(name: str) -> Callable[[nn.Module, tuple[int, ...]], float]:
+    """The rule of an activation without parameters: :data:`~zoo.bounds.elementwise.FIXED_SLOPES`."""
+    return lambda module, input_shape: slopes.FIXED_SLOPES[name]
+
+
+ACTIVATION_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple[int, ...]], float]] = {
+    nn.ReLU: _slope("relu"),
+    Abs: _slope("abs"),
+    nn.Tanh: _slope("tanh"),
+    nn.Sigmoid: _slope("sigmoid"),
+    nn.GELU: _slope("gelu"),  # both approximations (see GELU_LIPSCHITZ)
+    nn.SiLU: _slope("silu"),
+    nn.Mish: _slope("mish"),
+    nn.Hardswish: _slope("hardswish"),
+    nn.SELU: _slope("selu"),
+    nn.Softsign: lambda module, input_shape: slopes.softsign(),
+    nn.LeakyReLU: lambda module, input_shape: slopes.leaky_relu(module.negative_slope),
+    nn.PReLU: lambda module, input_shape: slopes.prelu(module.weight),
+    nn.ELU: lambda module, input_shape: slopes.elu(module.alpha),
+    nn.CELU: lambda module, input_shape: slopes.celu(module.alpha),
+    nn.Softplus: lambda module, input_shape: slopes.softplus(module.beta, module.threshold),
+    nn.Hardsigmoid: _slope("hardsigmoid"),
+    nn.Hardtanh: lambda module, input_shape: slopes.clamp(module.min_val, module.max_val),  # ReLU6 too
+}
+"""Elementwise activations -> their rule: a call of :mod:`zoo.bounds.elementwise` with the module's
+parameters."""
 
 
 def _householder_bound(module: HouseHolder, input_shape: tuple[int, ...]) -> float:
@@ -185,30 +229,35 @@ def _convex_residual_bound(
     """``(1 - alpha) x + alpha g(x)`` is ``|1 - alpha| + |alpha| Lip(g)``-Lipschitz, for the stored
     ``alpha`` whatever its value."""
     alpha = float(module.alpha.detach())
+    if not math.isfinite(alpha):
+        raise UnsupportedModuleError(f"ConvexResidual's alpha is {alpha}")
     return abs(1.0 - alpha) + abs(alpha) * bound_of("branch")
 
 
 LEAF_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple[int, ...]], float]] = {
+    **ACTIVATION_RULES,
     nn.Linear: _linear_bound,
     nn.Conv1d: _conv_bound,
     nn.Conv2d: _conv_bound,
-    nn.AvgPool2d: _avg_pool_bound,
-    ScaledAvgPool2d: _avg_pool_bound,
-    GroupSort2: _one,
-    MaxMin: _one,
-    nn.ReLU: _one,
-    nn.PReLU: _prelu_bound,
-    BatchLipNorm: _batch_lip_norm_bound,
-    nn.Flatten: _one,
-    nn.Identity: _one,
     nn.ConvTranspose1d: _conv_transpose_bound,
     nn.ConvTranspose2d: _conv_transpose_bound,
+    nn.AvgPool1d: _avg_pool_bound,
+    nn.AvgPool2d: _avg_pool_bound,  # ScaledAvgPool2d too
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool_bound,
-    ScaledL2NormPool2d: _l2_norm_pool_bound,
-    GlobalL2NormPool2d: _one,
-    GroupSort: _one,
-    Abs: _one,
+    nn.MaxPool1d: _max_pool_bound,
+    nn.MaxPool2d: _max_pool_bound,
+    nn.LPPool1d: _max_pool_bound,
+    nn.LPPool2d: _max_pool_bound,
+    ScaledL2NormPool2d: _max_pool_bound,
+    GlobalL2NormPool2d: _global_l2_norm_pool_bound,
+    nn.BatchNorm1d: _batch_norm_bound,
+    nn.BatchNorm2d: _batch_norm_bound,
+    BatchLipNorm: _batch_lip_norm_bound,
+    GroupSort: _one,  # GroupSort2, FullSort too
+    MaxMin: _one,
     HouseHolder: _householder_bound,
+    nn.Flatten: _one,
+    nn.Identity: _one,
     nn.PixelShuffle: _one,
     nn.PixelUnshuffle: _one,
     LayerCentering: _one,

@@ -5,12 +5,18 @@
   (transposed) convolutions with torch semantics (``zoo.bounds.conv``).
 * :func:`adaptive_average_pool_bound`, :func:`sparse_matrix_norm_bound` — averaging operators, exact
   for overlapping windows and for sums of copied values (``zoo.bounds.averaging``).
+* :mod:`zoo.bounds.elementwise` — the slopes of activations, clamps and scalings (GELU, ELU, PReLU...),
+  each proven in its docstring, with the domain of its parameters.
+* :mod:`zoo.bounds.pooling` — max / Lp / average pools and reductions (window coverage, averaging
+  matrices, the gains of sums, means, norms...).
 * :func:`adjoint_residual_bound` — residual blocks ``x + B relu(A x + b)`` with ``B`` of ``A``'s
   adjoint geometry, such as folded SLL blocks (``zoo.bounds.residual``).
 * :func:`empirical_lipschitz` — a *lower* bound by attack, to measure how tight a certificate is
   (``zoo.bounds.empirical``); never a certificate.
 
-Every certified bound is the float64 value times ``1 + RELATIVE_MARGIN``.
+Every certified bound is the float64 value times ``1 + RELATIVE_MARGIN``. The certifier
+(``zoo.certify``) and the artifact verifiers (``export``) take every constant from here: they only
+translate a module's or an op's arguments into a call.
 """
 
 from zoo.bounds.averaging import adaptive_average_pool_bound, sparse_matrix_norm_bound
