@@ -62,8 +62,8 @@ def test_a_full_batch_does_not_wait_for_the_delay():
     assert model.batch_sizes == [2]
 
 
-@pytest.mark.parametrize("max_batch, max_delay", [(1, 0.05), (8, 0.0)])
-def test_max_batch_1_runs_each_request_alone_and_delay_0_never_waits(max_batch, max_delay):
+@pytest.mark.parametrize("max_batch, max_delay, sizes", [(1, 0.05, [1, 1, 1, 1]), (8, 0.0, [1, 2, 1])])
+def test_max_batch_1_runs_each_example_alone_and_delay_0_never_waits(max_batch, max_delay, sizes):
     model = FakeModel()
 
     async def scenario():
@@ -72,18 +72,26 @@ def test_max_batch_1_runs_each_request_alone_and_delay_0_never_waits(max_batch, 
                 await batcher.submit(x)
 
     asyncio.run(scenario())
-    assert model.batch_sizes == [1, 2, 1]
+    assert model.batch_sizes == sizes
 
 
-def test_a_request_larger_than_max_batch_runs_alone():
+def test_a_request_larger_than_max_batch_runs_in_parts_and_others_run_between_them():
     model = FakeModel()
 
     async def scenario():
-        async with DynamicBatcher(model, max_batch=2, max_delay=0.05) as batcher:
-            return await submit_all(batcher, requests([5, 1]))
+        async with DynamicBatcher(model, max_batch=2, max_delay=0.0) as batcher:
+            inputs = requests([7, 1])
+            big = asyncio.ensure_future(batcher.submit(inputs[0]))
+            await asyncio.sleep(0)  # its first part is queued
+            small = await batcher.submit(inputs[1])
+            return inputs, small, big.done(), await big
 
-    answers = asyncio.run(scenario())
-    assert model.batch_sizes == [5, 1] and [len(a["double"]) for a in answers] == [5, 1]
+    inputs, small, big_was_done, big = asyncio.run(scenario())
+    np.testing.assert_array_equal(big["double"], 2 * inputs[0])
+    np.testing.assert_array_equal(big["first"], inputs[0][:, 0])
+    np.testing.assert_array_equal(small["double"], 2 * inputs[1])
+    assert not big_was_done, "the small request waited for every part of the large one"
+    assert max(model.batch_sizes) == 2 and sum(model.batch_sizes) == 8
 
 
 def test_a_model_failure_reaches_every_request_of_the_batch_and_the_batcher_goes_on():
@@ -116,3 +124,18 @@ def test_closing_answers_every_queued_request_then_refuses_new_ones():
     answers, is_open = asyncio.run(scenario())
     assert [len(a["double"]) for a in answers] == [1, 2, 3] and not is_open
     assert model.batch_sizes == [6]
+
+
+def test_closing_refuses_the_parts_of_a_large_request_not_yet_queued():
+    model = FakeModel()
+
+    async def scenario():
+        async with DynamicBatcher(model, max_batch=2, max_delay=0.0) as batcher:
+            big = asyncio.ensure_future(batcher.submit(requests([6])[0]))
+            await asyncio.sleep(0)  # the first part is queued
+            batcher.close()
+            with pytest.raises(BatcherClosedError, match="shutting down"):
+                await big
+
+    asyncio.run(scenario())
+    assert model.batch_sizes == [2]  # the queued part ran, the others were not queued

@@ -10,16 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -28,47 +20,24 @@ import onnxruntime as ort
 import pytest
 import torch
 import tritonclient.http as triton
-import uvicorn
-from toy_checkpoint import INPUT_SHAPE, write_toy_checkpoint
+import tritonclient.utils as triton_utils
+import typer
+from serve_helpers import MODEL, Artifact, examples, infer_body, make_artifact, outputs_of, running
 from typer.testing import CliRunner
 
 import zoo
 from export.writers import read_onnx_certificate
 from zoo.app.cli import app as cli
-from zoo.app.serve import ServedModel, open_model
+from zoo.app.serve import Limits, ServedModel
 from zoo.app.serve.app import create_app
-from zoo.certificate import Certificate
 
-MODEL = "toy"  # the artifact's stem, hence the served model's name
 MAX_BODY_BYTES = 64 * 1024  # small, so that the oversized-body test stays cheap
-STARTUP_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class Artifact:
-    checkpoint: Path
-    onnx: Path
-    certificate: Certificate
-    model: torch.nn.Module
-    served: ServedModel
+LIMITS = Limits(max_body_bytes=MAX_BODY_BYTES, max_pending_bytes=4 * MAX_BODY_BYTES, request_timeout=2)
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Artifact:
-    """A plain lipconv with random weights (nothing trained), certified, saved as a checkpoint, and
-    opened for serving from that checkpoint, which exports it to ONNX (one export serves the tests
-    of both kinds of source)."""
-    directory = tmp_path_factory.mktemp("artifact")
-    checkpoint = directory / f"{MODEL}.safetensors"
-    model, certificate = write_toy_checkpoint(checkpoint, {})
-    served = open_model(checkpoint, "cpu", directory / "workdir")
-    return Artifact(checkpoint, directory / "workdir" / f"{MODEL}.onnx", certificate, model, served)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return make_artifact(tmp_path_factory.mktemp("artifact"))
 
 
 @pytest.fixture(scope="module")
@@ -89,40 +58,16 @@ def served(artifact) -> ServedModel:
 @pytest.fixture(scope="module")
 def url(served) -> Iterator[str]:
     """The app serving ``served`` under uvicorn in a thread, batching up to 16 examples within 20 ms."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    app = create_app(served, max_batch=16, max_delay_ms=20, max_body_bytes=MAX_BODY_BYTES)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with running(
+        create_app(served, max_batch=16, max_delay_ms=20, limits=LIMITS), LIMITS.request_timeout
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def client(url) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=30) as http:
         yield http
-
-
-def examples(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 1, (n, *INPUT_SHAPE)).astype(np.float32)
-
-
-def infer_body(x: np.ndarray, datatype: str = "FP32", **extra) -> dict:
-    tensor = {"name": "input", "shape": list(x.shape), "datatype": datatype, "data": x.ravel().tolist()}
-    return {"inputs": [tensor], **extra}
-
-
-def outputs_of(response: httpx.Response) -> dict[str, np.ndarray]:
-    assert response.status_code == 200, response.text
-    return {out["name"]: np.asarray(out["data"]).reshape(out["shape"]) for out in response.json()["outputs"]}
 
 
 def direct_logits(artifact: Artifact, x: np.ndarray) -> np.ndarray:
@@ -209,6 +154,38 @@ BAD_REQUESTS = {  # case -> (body, headers, expected status, expected words of t
     "wrong shape": (good_with(shape=[1, 1, 8, 7]), {}, 400, "the model takes [-1, 1, 8, 8]"),
     "zero examples": (good_with(shape=[0, 1, 8, 8], data=[]), {}, 400, "has shape [0, 1, 8, 8]"),
     "wrong datatype": (good_with(datatype="INT32"), {}, 400, "datatype 'INT32'"),
+    "datatype a list": (good_with(datatype=["FP32"]), {}, 400, "datatype of input 'input' must be a string"),
+    "datatype an object": (good_with(datatype={"a": 1}), {}, 400, "must be a string, not an object"),
+    "output name a list": ({**good_with(), "outputs": [{"name": ["logits"]}]}, {}, 400, "must be a string"),
+    "output name an object": ({**good_with(), "outputs": [{"name": {}}]}, {}, 400, "must be a string"),
+    "output asked twice": ({**good_with(), "outputs": [{"name": "margin"}] * 2}, {}, 400, "asked for twice"),
+    "unknown field": ({**good_with(), "input": []}, {}, 400, "unknown field 'input'"),
+    "sequence parameter": (
+        {**good_with(), "parameters": {"sequence_id": 3}},
+        {},
+        400,
+        "not a sequence model",
+    ),
+    "shared memory": (good_with(parameters={"shared_memory_region": "r"}), {}, 400, "shared memory is not"),
+    "binary flag not a bool": (
+        {**good_with(), "parameters": {"binary_data_output": 1}},
+        {},
+        400,
+        "true or false",
+    ),
+    "data and binary size": (good_with(parameters={"binary_data_size": 256}), {}, 400, "both 'data' and"),
+    "classification of margin": (
+        {**good_with(), "outputs": [{"name": "margin", "parameters": {"classification": 2}}]},
+        {},
+        400,
+        "takes the 'logits' output",
+    ),
+    "255-scale pixels": (
+        good_with(data=[255.0] * 64),
+        {},
+        400,
+        "outside the certificate's input range [0, 1]",
+    ),
     "too few values": (good_with(data=[0.5] * 63), {}, 400, "has 63 values but its shape [1, 1, 8, 8] needs"),
     "not numbers": (good_with(data=["a"] * 64), {}, 400, "must hold numbers only"),
     "NaN": (json.dumps(good_with(data=[math.nan] * 64)).encode(), {}, 400, "NaN or infinite"),
@@ -216,6 +193,7 @@ BAD_REQUESTS = {  # case -> (body, headers, expected status, expected words of t
     "beyond FP32": (good_with(datatype="FP64", data=[1e300] * 64), {}, 400, "beyond the FP32 range"),
     "unknown output": ({**good_with(), "outputs": [{"name": "probs"}]}, {}, 400, "unknown output 'probs'"),
     "bad header length": (good_with(), {"Inference-Header-Content-Length": "99999"}, 400, "byte count"),
+    "header length not a count": (good_with(), {"Inference-Header-Content-Length": "1_0"}, 400, "byte count"),
     "binary size mismatch": (
         BINARY_HEADER + GOOD.tobytes() + b"\0" * 4,
         {"Inference-Header-Content-Length": str(len(BINARY_HEADER))},
@@ -236,6 +214,67 @@ def test_bad_requests_get_a_4xx_saying_what_is_wrong_and_the_server_goes_on(clie
     assert message in response.json()["error"]
     after = client.post(f"/v2/models/{MODEL}/infer", json=infer_body(GOOD))
     assert outputs_of(after)["logits"].shape == (1, 10)
+
+
+def _replace(request: dict, path: tuple, value) -> dict:
+    """A deep copy of ``request`` with the value at ``path`` (keys and list indices) replaced."""
+    request = json.loads(json.dumps(request))
+    target = request
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return request
+
+
+FULL_REQUEST = {
+    "id": "r",
+    "parameters": {"binary_data_output": False},
+    "inputs": [{**infer_body(GOOD)["inputs"][0], "parameters": {}}],
+    "outputs": [{"name": "logits", "parameters": {"binary_data": False, "classification": 2}}],
+}
+FIELD_PATHS = [
+    ("id",),
+    ("parameters",),
+    ("parameters", "binary_data_output"),
+    ("inputs",),
+    ("inputs", 0),
+    ("inputs", 0, "name"),
+    ("inputs", 0, "shape"),
+    ("inputs", 0, "shape", 0),
+    ("inputs", 0, "datatype"),
+    ("inputs", 0, "parameters"),
+    ("inputs", 0, "data"),
+    ("inputs", 0, "data", 0),
+    ("outputs",),
+    ("outputs", 0),
+    ("outputs", 0, "name"),
+    ("outputs", 0, "parameters"),
+    ("outputs", 0, "parameters", "binary_data"),
+    ("outputs", 0, "parameters", "classification"),
+]
+WRONG_VALUES = [None, True, -1, 1e300, "x", [], [None], {}, {"a": []}]
+
+
+def test_every_field_of_a_request_given_a_wrong_type_gets_a_4xx_json_error(client):
+    """Each field of a full request (every optional part present) replaced by a value of every JSON
+    type: the server answers each with a 4xx JSON error, never a 500, or (for a value the field
+    accepts) a 200."""
+    assert client.post(f"/v2/models/{MODEL}/infer", json=FULL_REQUEST).status_code == 200
+    statuses = {}
+    for path in FIELD_PATHS:
+        for value in WRONG_VALUES:
+            response = client.post(f"/v2/models/{MODEL}/infer", json=_replace(FULL_REQUEST, path, value))
+            statuses[path, json.dumps(value)] = response.status_code
+            assert response.status_code == 200 or 400 <= response.status_code < 500, (
+                path,
+                value,
+                response.text,
+            )
+            if response.status_code != 200:
+                assert response.json()["error"], (path, value)
+    # Every field is checked: each has a wrong value refused.
+    for path in FIELD_PATHS:
+        assert any(statuses[path, json.dumps(v)] != 200 for v in WRONG_VALUES), path
 
 
 def test_a_streamed_body_is_cut_off_at_the_limit(client):
@@ -297,6 +336,103 @@ def test_a_triton_client_works_unchanged(url, artifact):
     client.close()
 
 
+def test_a_triton_client_reads_the_config_and_the_repository(url, artifact):
+    client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+    config = client.get_model_config(MODEL)
+    assert config["name"] == MODEL and config["platform"] == "onnxruntime_onnx"
+    assert (
+        config["max_batch_size"] == 16
+        and config["dynamic_batching"]["max_queue_delay_microseconds"] == 20_000
+    )
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, 8, 8]}]
+    outputs = {o["name"]: (o["data_type"], o["dims"], o.get("reshape")) for o in config["output"]}
+    assert outputs == {
+        "logits": ("TYPE_FP32", [10], None),
+        "predicted_class": ("TYPE_INT64", [1], {"shape": []}),
+        "margin": ("TYPE_FP64", [1], {"shape": []}),
+        "certified_radius": ("TYPE_FP64", [1], {"shape": []}),
+    }
+    bound = float(config["parameters"]["zoo.lipschitz_bound"]["string_value"])
+    assert bound == artifact.certificate.lipschitz_bound  # the repr round-trips exactly
+    assert json.loads(config["parameters"]["zoo.preprocessing"]["string_value"])["input_range"] == [0, 1]
+    assert client.get_model_config(MODEL, model_version="1") == config
+    assert client.get_model_repository_index() == [{"name": MODEL, "version": "1", "state": "READY"}]
+    client.load_model(MODEL)  # it is loaded: a no-op
+    refusals = {
+        "cannot unload": lambda: client.unload_model(MODEL),
+        "cannot load a new configuration": lambda: client.load_model(MODEL, config=json.dumps(config)),
+        "unknown model 'other'": lambda: client.get_model_config("other"),
+        "statistics extension": lambda: client.get_inference_statistics(MODEL),
+        "trace extension": client.get_trace_settings,
+        "logging extension": client.get_log_settings,
+        "system shared memory extension": client.get_system_shared_memory_status,
+        "CUDA shared memory extension": client.get_cuda_shared_memory_status,
+    }
+    for message, call in refusals.items():
+        with pytest.raises(triton_utils.InferenceServerException, match=message):
+            call()
+    assert client.get_server_metadata()["extensions"] == [
+        "binary_tensor_data",
+        "classification",
+        "model_configuration",
+    ]
+    client.close()
+
+
+def test_a_triton_client_gets_the_top_classes(url, artifact):
+    """The classification extension: the top k logits and classes of each example, as Triton writes them."""
+    client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+    x = examples(4, seed=7)
+    logits = direct_logits(artifact, x)
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    for binary in (True, False):
+        wanted = [triton.InferRequestedOutput("logits", binary_data=binary, class_count=3)]
+        top = client.infer(MODEL, [tensor], outputs=wanted).as_numpy("logits")
+        assert top.shape == (4, 3)
+        for row, strings in zip(logits, top, strict=True):
+            pairs = [item.decode().split(":") if binary else item.split(":") for item in strings]
+            assert [int(c) for _, c in pairs] == list(np.argsort(-row)[:3])
+            np.testing.assert_allclose([float(v) for v, _ in pairs], np.sort(row)[::-1][:3], atol=1e-6)
+    client.close()
+
+
+def test_a_request_larger_than_max_batch_runs_in_parts_of_max_batch(client, served, artifact):
+    x = examples(200, seed=8)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [200, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    served.batch_sizes.clear()
+    response = client.post(
+        f"/v2/models/{MODEL}/infer",
+        content=header + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    np.testing.assert_allclose(outputs_of(response)["logits"], direct_logits(artifact, x), rtol=0, atol=1e-6)
+    assert max(served.batch_sizes) == 16 and sum(served.batch_sizes) == 200
+
+
+def test_inputs_outside_the_range_are_clamped_and_said_when_the_server_clamps(served, artifact):
+    x = examples(3, seed=9)
+    x[1] *= 255  # 255-scale pixels for a [0, 1] certificate
+    app = create_app(served, max_batch=16, max_delay_ms=0, limits=LIMITS, clamp_inputs=True)
+    with running(app, LIMITS.request_timeout) as url:
+        response = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=infer_body(x))
+    assert response.json()["parameters"] == {"clamped_examples": 1}
+    np.testing.assert_allclose(
+        outputs_of(response)["logits"], direct_logits(artifact, x.clip(0, 1)), atol=1e-6
+    )
+
+
 # --- sources and the command line -----------------------------------------------------------------
 
 runner = CliRunner()
@@ -337,33 +473,11 @@ def test_serve_on_cuda_without_cuda_is_a_clear_error(artifact):
     assert result.exit_code == 1 and "no CUDA device is available" in result.stderr
 
 
-def test_sigterm_answers_the_requests_in_flight_then_exits_0(artifact):
-    port = free_port()
-    command = [sys.executable, "-m", "zoo", "serve", str(artifact.onnx), "--port", str(port)]
-    # A long delay keeps the requests queued in the batcher when the signal arrives.
-    server = subprocess.Popen([*command, "--max-batch", "64", "--max-delay-ms", "1000"])
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "zoo serve did not start"
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        body = infer_body(examples(1, seed=5))
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            responses = [
-                pool.submit(httpx.post, f"{url}/v2/models/{MODEL}/infer", json=body, timeout=30)
-                for _ in range(4)
-            ]
-            time.sleep(0.5)  # the requests reach the server and wait in the batcher
-            server.send_signal(signal.SIGTERM)
-            started = time.monotonic()
-            assert [r.result().status_code for r in responses] == [200] * 4
-        assert server.wait(timeout=15) == 0
-        assert time.monotonic() - started < 10
-    finally:
-        server.kill()
-        server.wait()
+def test_the_serve_command_defaults_are_those_of_limits():
+    options = {p.name: p.default for p in typer.main.get_command(cli).commands["serve"].params}
+    defaults = Limits()
+    assert options["max_body_mb"] * 2**20 == defaults.max_body_bytes
+    assert options["max_pending_mb"] * 2**20 == defaults.max_pending_bytes
+    assert options["request_timeout_s"] == defaults.request_timeout
+    assert options["drain_s"] == defaults.drain_seconds
+    assert options["clamp_inputs"] is False

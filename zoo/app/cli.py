@@ -608,18 +608,40 @@ def serve(
     max_delay_ms: Annotated[
         float, typer.Option(min=0, help="longest wait for a batch to fill; 0: run what has queued")
     ] = 0.0,
-    max_body_mb: Annotated[float, typer.Option(min=0, help="largest request body accepted, MiB")] = 64,
+    max_body_mb: Annotated[float, typer.Option(min=0, help="largest request body accepted (413), MiB")] = 64,
+    max_pending_mb: Annotated[
+        float, typer.Option(min=0, help="request bodies held at once; beyond, 503 + Retry-After (MiB)")
+    ] = 256,
+    request_timeout_s: Annotated[
+        float,
+        typer.Option(min=0, help="time a client has to send a request's head, and again its body (408)"),
+    ] = 30,
+    drain_s: Annotated[
+        float, typer.Option(min=0, help="on SIGTERM, how long the requests already taken may keep running")
+    ] = 20,
+    clamp_inputs: Annotated[
+        bool,
+        typer.Option(help="clamp inputs outside the certificate's input range (and say so) instead of 400"),
+    ] = False,
 ) -> None:
     """Serve a certified model over HTTP: KServe v2 / Open Inference Protocol, on onnxruntime.
 
     Each answer carries the logits and, per example, the predicted class, the margin and the
     certified L2 radius. An .onnx file must carry a certificate that its graph satisfies; a checkpoint
-    or a name is exported to ONNX first. Stops gracefully on SIGINT or SIGTERM."""
+    or a name is exported to ONNX first. On SIGTERM or SIGINT, drains: readiness turns 503, the
+    requests already taken are answered (within --drain-s), then the server exits."""
     import tempfile
 
-    from zoo.app.serve import open_model
+    from zoo.app.serve import Limits, open_model
     from zoo.app.serve import serve as run_server
 
+    with _user_errors():
+        limits = Limits(
+            max_body_bytes=int(max_body_mb * 2**20),
+            max_pending_bytes=int(max_pending_mb * 2**20),
+            request_timeout=request_timeout_s,
+            drain_seconds=drain_s,
+        )
     with tempfile.TemporaryDirectory(prefix="zoo-serve-") as workdir:
         with _user_errors():
             served = open_model(source, device.value, Path(workdir))
@@ -636,5 +658,6 @@ def serve(
             port=port,
             max_batch=max_batch,
             max_delay_ms=max_delay_ms,
-            max_body_bytes=int(max_body_mb * 2**20),
+            limits=limits,
+            clamp_inputs=clamp_inputs,
         )

@@ -8,10 +8,15 @@ Triton's ``dynamic_batching { max_queue_delay_microseconds }`` policy:
 
 * ``max_batch = 1`` turns batching off: one call per request.
 * ``max_delay = 0`` never waits, but still runs together whatever queued up during the last call.
-* A batch never exceeds ``max_batch`` examples, except for a single request that is larger by itself.
+* A batch never exceeds ``max_batch`` examples: a request larger than that is split into parts of
+  ``max_batch`` examples, queued one after the other (requests arriving meanwhile run between its
+  parts), and its outputs are put back together. The model's working memory is that of one batch,
+  whatever the request size.
 
-Closing (server shutdown) refuses new requests, runs everything already queued without waiting, and
-stops the worker; every queued request gets its answer.
+Closing (:meth:`DynamicBatcher.close`, or leaving the context at server shutdown) refuses new
+requests and new parts, runs what is already queued without waiting, and stops the worker; every
+queued part gets its answer, and a request whose later parts were refused fails with
+:class:`BatcherClosedError`.
 """
 
 from __future__ import annotations
@@ -71,13 +76,24 @@ class DynamicBatcher:
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._closing = True
-        self._arrival.set()
+        self.close()
         if self._worker is not None:
             await self._worker
 
+    def close(self) -> None:
+        """Refuse new requests from now on; what is queued still runs, without waiting for a batch."""
+        self._closing = True
+        self._arrival.set()
+
     async def submit(self, inputs: np.ndarray) -> Outputs:
-        """The outputs for ``inputs`` (a batch of one or more examples), once its batch has run."""
+        """The outputs for ``inputs`` (a batch of one or more examples), once all its parts have run."""
+        if len(inputs) <= self.max_batch:
+            return await self._submit_part(inputs)
+        starts = range(self.max_batch, len(inputs), self.max_batch)
+        parts = [await self._submit_part(part) for part in np.split(inputs, starts)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    async def _submit_part(self, inputs: np.ndarray) -> Outputs:
         if not self.is_open:
             raise BatcherClosedError("the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -112,7 +128,7 @@ class DynamicBatcher:
                 return
 
     def _take_batch(self) -> list[_Waiting]:
-        """The oldest requests that fit in max_batch examples (at least one request)."""
+        """The oldest requests that fit in max_batch examples (at least one request, none larger)."""
         batch = [self._queue.popleft()]
         size = len(batch[0].inputs)
         while self._queue and size + len(self._queue[0].inputs) <= self.max_batch:

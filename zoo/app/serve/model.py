@@ -21,7 +21,7 @@ from export.verify import verify_onnx
 from export.writers import write_onnx
 from zoo.certificate import Certificate
 from zoo.hub import load
-from zoo.prediction import predictions_from_logits
+from zoo.prediction import input_range, predictions_from_logits
 
 __all__ = ["ArtifactError", "ServedModel", "open_model"]
 
@@ -71,6 +71,10 @@ class ServedModel:
         self.logits_name: str = graph_output.name
         self.input_shape: tuple[int, ...] = tuple(certificate.input_shape)
         self.num_classes: int = num_classes
+        try:  # the [low, high] inputs must lie in, or None when the certificate records no range
+            self.input_range: tuple[float, float] | None = input_range(certificate.preprocessing)
+        except ValueError as error:
+            raise ArtifactError(f"model {name}: {error}") from None
 
     @property
     def provider(self) -> str:
