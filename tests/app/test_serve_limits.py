@@ -312,3 +312,46 @@ def test_when_the_grace_period_ends_the_requests_left_get_503_not_500(artifact, 
     assert set(drained.statuses) <= {200, 503} and 503 in drained.statuses
     assert all("shutting down" in e for e in drained.errors)
     assert "grace period over" in drained.log and "Traceback" not in drained.log
+
+
+def test_a_client_that_reads_nothing_of_its_answers_is_aborted(url, server_log):
+    """Pipelined requests whose answers the client never reads: once the socket buffers are full the
+    server waits at most the timeout, then aborts the connection, with one line in the log."""
+    x = examples(250, seed=5)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": False},
+        }
+    ).encode()
+    request = (
+        (
+            f"POST {INFER} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(header) + x.nbytes}\r\n"
+            f"Inference-Header-Content-Length: {len(header)}\r\n\r\n"
+        ).encode()
+        + header
+        + x.tobytes()
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = url.removeprefix("http://").split(":")
+    sock.connect((host, int(port)))
+    sock.settimeout(30)
+    try:
+        for _ in range(400):  # ~25 MB of answers, far beyond the socket buffers
+            sock.sendall(request)
+    except OSError:  # the server aborted the connection: what the test waits for
+        pass
+    deadline = time.monotonic() + 30
+    while not any("read nothing" in r.getMessage() for r in server_log):
+        assert time.monotonic() < deadline, [r.getMessage() for r in server_log]
+        time.sleep(0.1)
+    sock.close()
+    assert httpx.get(f"{url}/v2/health/ready").status_code == 200

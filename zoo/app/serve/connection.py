@@ -6,6 +6,10 @@
   previous answer was sent, to send a complete head; after that it gets a 408 and the connection is
   closed, with one line in the log (an idle keep-alive connection is closed without an answer, as
   uvicorn's own keep-alive timeout does). The body is the app's to time (``zoo.app.serve.app``).
+* **A time limit on slow readers.** A client that stops reading its answer would hold the answer's
+  memory and its request for good (uvicorn waits for the socket to drain); when the socket has not
+  accepted more bytes for ``request_timeout`` seconds, the connection is aborted, with one line in
+  the log.
 * **JSON errors.** uvicorn answers a request it cannot parse with a plain-text 400; here the answer
   is ``{"error": "invalid HTTP request: <what h11 found>"}``, like every other error of the server,
   with the status h11 suggests (431 for an oversized head).
@@ -33,6 +37,7 @@ class _Connection(H11Protocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_started = False  # bytes of a request head have arrived since the last request
+    _write_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -53,7 +58,29 @@ class _Connection(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The socket's buffer is full: the client has that long to read."""
+        super().pause_writing()
+        self._cancel_write_timer()
+        self._write_timer = self.loop.call_later(self.request_timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self._cancel_write_timer()
+        super().resume_writing()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        LOG.info("%s read nothing of its answer for %g s: connection aborted", client, self.request_timeout)
+        self.transport.abort()
 
     def _await_head(self) -> None:
         self._cancel_head_timer()
