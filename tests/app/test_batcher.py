@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def requests(sizes: list[int]) -> list[np.ndarray]:
 
 
 async def submit_all(batcher: DynamicBatcher, inputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    return await asyncio.gather(*(batcher.submit(x) for x in inputs))
+    return [answer.outputs for answer in await asyncio.gather(*(batcher.submit(x) for x in inputs))]
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_rows():
@@ -84,7 +85,7 @@ def test_a_request_larger_than_max_batch_runs_in_parts_and_others_run_between_th
             big = asyncio.ensure_future(batcher.submit(inputs[0]))
             await asyncio.sleep(0)  # its first part is queued
             small = await batcher.submit(inputs[1])
-            return inputs, small, big.done(), await big
+            return inputs, small.outputs, big.done(), (await big).outputs
 
     inputs, small, big_was_done, big = asyncio.run(scenario())
     np.testing.assert_array_equal(big["double"], 2 * inputs[0])
@@ -102,7 +103,7 @@ def test_a_model_failure_reaches_every_request_of_the_batch_and_the_batcher_goes
             submitted = (batcher.submit(x) for x in requests([1, 1]))
             results = await asyncio.gather(*submitted, return_exceptions=True)
             model.fail = False
-            return results, await batcher.submit(requests([1])[0])
+            return results, (await batcher.submit(requests([1])[0])).outputs
 
     results, after = asyncio.run(scenario())
     assert [str(r) for r in results] == ["the model failed"] * 2
@@ -116,7 +117,7 @@ def test_closing_answers_every_queued_request_then_refuses_new_ones():
         async with DynamicBatcher(model, max_batch=64, max_delay=30.0) as batcher:
             pending = [asyncio.ensure_future(batcher.submit(x)) for x in requests([1, 2, 3])]
             await asyncio.sleep(0.01)  # queued, waiting for a batch that will not fill
-        answers = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)  # drained, not 30 s
+        answers = [a.outputs for a in await asyncio.wait_for(asyncio.gather(*pending), timeout=5)]  # not 30 s
         with pytest.raises(BatcherClosedError):
             await batcher.submit(requests([1])[0])
         return answers, batcher.is_open
@@ -139,3 +140,22 @@ def test_closing_refuses_the_parts_of_a_large_request_not_yet_queued():
 
     asyncio.run(scenario())
     assert model.batch_sizes == [2]  # the queued part ran, the others were not queued
+
+
+def test_answers_say_how_long_they_queued_and_ran_and_batches_are_reported():
+    model, reported = FakeModel(), []
+
+    def slow_model(inputs: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(0.05)
+        return model(inputs)
+
+    async def scenario():
+        on_batch = lambda examples, seconds: reported.append((examples, seconds))  # noqa: E731
+        async with DynamicBatcher(slow_model, max_batch=2, max_delay=0.1, on_batch=on_batch) as batcher:
+            return await batcher.submit(requests([1])[0]), await batcher.submit(requests([5])[0])
+
+    alone, split = asyncio.run(scenario())
+    assert 0.09 < alone.queued < 0.5 and 0.05 <= alone.computed < 0.5  # waited max_delay for company
+    assert [examples for examples, _ in reported] == [1, 2, 2, 1]
+    assert split.computed == pytest.approx(sum(seconds for _, seconds in reported[1:]))
+    assert len(split.outputs["double"]) == 5

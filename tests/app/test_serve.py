@@ -8,8 +8,10 @@ real ``zoo serve`` in a subprocess.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,7 +30,7 @@ from typer.testing import CliRunner
 import zoo
 from export.writers import read_onnx_certificate
 from zoo.app.cli import app as cli
-from zoo.app.serve import Limits, ServedModel
+from zoo.app.serve import ArtifactError, Limits, ServedModel
 from zoo.app.serve.app import create_app
 
 MAX_BODY_BYTES = 64 * 1024  # small, so that the oversized-body test stays cheap
@@ -362,7 +364,6 @@ def test_a_triton_client_reads_the_config_and_the_repository(url, artifact):
         "cannot unload": lambda: client.unload_model(MODEL),
         "cannot load a new configuration": lambda: client.load_model(MODEL, config=json.dumps(config)),
         "unknown model 'other'": lambda: client.get_model_config("other"),
-        "statistics extension": lambda: client.get_inference_statistics(MODEL),
         "trace extension": client.get_trace_settings,
         "logging extension": client.get_log_settings,
         "system shared memory extension": client.get_system_shared_memory_status,
@@ -371,11 +372,8 @@ def test_a_triton_client_reads_the_config_and_the_repository(url, artifact):
     for message, call in refusals.items():
         with pytest.raises(triton_utils.InferenceServerException, match=message):
             call()
-    assert client.get_server_metadata()["extensions"] == [
-        "binary_tensor_data",
-        "classification",
-        "model_configuration",
-    ]
+    extensions = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
+    assert client.get_server_metadata()["extensions"] == extensions
     client.close()
 
 
@@ -433,6 +431,37 @@ def test_inputs_outside_the_range_are_clamped_and_said_when_the_server_clamps(se
     )
 
 
+def test_a_triton_client_reads_the_inference_statistics(served):
+    """Three requests (1, 2 and 40 examples: the last runs in parts of 16, 16, 8) and a bad one, on a
+    fresh server: the counts are exact, the times consistent."""
+    app = create_app(served, max_batch=16, max_delay_ms=0, limits=LIMITS)
+    with running(app, LIMITS.request_timeout) as url:
+        for n in (1, 2, 40):
+            httpx.post(
+                f"{url}/v2/models/{MODEL}/infer", json=infer_body(examples(n, seed=n))
+            ).raise_for_status()
+        assert httpx.post(f"{url}/v2/models/{MODEL}/infer", json={"inputs": []}).status_code == 400
+        client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+        (stats,) = client.get_inference_statistics(MODEL)["model_stats"]
+        assert client.get_inference_statistics()["model_stats"] == [stats]
+        client.close()
+    assert (stats["name"], stats["version"]) == (MODEL, "1")
+    assert stats["inference_count"] == 43 and stats["execution_count"] == 5
+    assert abs(stats["last_inference"] / 1000 - time.time()) < 60
+    batches = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+    assert batches == {1: 1, 2: 1, 8: 1, 16: 2}
+    inference = stats["inference_stats"]
+    assert inference["success"]["count"] == 3 and inference["fail"]["count"] == 1
+    for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert inference[stage]["count"] == 3 and inference[stage]["ns"] > 0
+    parts = sum(
+        inference[stage]["ns"] for stage in ("queue", "compute_input", "compute_infer", "compute_output")
+    )
+    assert parts <= inference["success"]["ns"]
+    batch_ns = sum(b["compute_infer"]["ns"] for b in stats["batch_stats"])
+    assert abs(inference["compute_infer"]["ns"] - batch_ns) <= 3  # one request per batch; ns rounding
+
+
 # --- sources and the command line -----------------------------------------------------------------
 
 runner = CliRunner()
@@ -465,6 +494,13 @@ def test_serve_refuses_a_file_whose_graph_exceeds_its_certificate(artifact, tmp_
     onnx.save(proto, tampered)
     result = runner.invoke(cli, ["serve", str(tampered)])
     assert result.exit_code == 1 and "refused" in result.stderr
+
+
+@pytest.mark.parametrize("bound", [math.nan, math.inf, 0.0, -1.0])
+def test_a_certificate_without_a_finite_positive_bound_is_not_served(artifact, bound):
+    certificate = dataclasses.replace(artifact.certificate, lipschitz_bound=bound)
+    with pytest.raises(ArtifactError, match=f"Lipschitz bound is {bound!r}, not a finite positive number"):
+        ServedModel(MODEL, artifact.served.session, certificate)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no CUDA")

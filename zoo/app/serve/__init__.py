@@ -5,7 +5,8 @@ L2 radius computed from the Lipschitz bound of the file being served. A request 
 
 * :mod:`zoo.app.serve.connection` — the HTTP connection: a time limit on request heads, JSON 400s;
 * :mod:`zoo.app.serve.app` — the routes, the body limits and the ``{"error": ...}`` answers;
-* :mod:`zoo.app.serve.triton` — the parts of Triton's extensions its clients call;
+* :mod:`zoo.app.serve.triton` — the parts of Triton's extensions its clients call (with
+  :mod:`zoo.app.serve.statistics`, the inference statistics);
 * :mod:`zoo.app.serve.protocol` — the wire format: parsing and validating requests, encoding responses;
 * :mod:`zoo.app.serve.batcher` — dynamic batching of concurrent requests into one model call;
 * :mod:`zoo.app.serve.model` — the verified ONNX artifact, its onnxruntime session and derived outputs.

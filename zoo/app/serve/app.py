@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -44,6 +45,7 @@ from zoo.app.serve.protocol import (
     model_metadata,
     parse_infer_request,
 )
+from zoo.app.serve.statistics import InferenceStatistics
 
 __all__ = ["SERVER_NAME", "create_app"]
 
@@ -143,10 +145,12 @@ def create_app(
     limits = limits or Limits()
     drain = Drain()
     pending = _PendingBytes(limits.max_pending_bytes)
+    statistics = InferenceStatistics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with DynamicBatcher(model.predict, max_batch, max_delay_ms / 1000) as batcher:
+        batcher = DynamicBatcher(model.predict, max_batch, max_delay_ms / 1000, statistics.record_batch)
+        async with batcher:
             app.state.batcher = batcher
             yield
 
@@ -184,7 +188,9 @@ def create_app(
             raise ProtocolError(f"model {name!r} has no version {version!r}; it has {model.version!r}", 404)
 
     # First: its /v2/models/stats must not be taken for the metadata of a model named "stats".
-    app.include_router(triton.router(model, check_model, max_batch=max_batch, max_delay_ms=max_delay_ms))
+    app.include_router(
+        triton.router(model, check_model, statistics, max_batch=max_batch, max_delay_ms=max_delay_ms)
+    )
 
     def ready() -> bool:
         return app.state.batcher.is_open and not drain.draining
@@ -219,11 +225,17 @@ def create_app(
         check_model(name, version)
         if drain.draining:
             raise ProtocolError("the server is shutting down", 503)
-        with drain.track(), pending.hold() as take:
-            return await _answer(request, await _read_body(request, limits, take))
+        began = time.perf_counter()
+        try:
+            with drain.track(), pending.hold() as take:
+                return await _answer(request, await _read_body(request, limits, take), began)
+        except BaseException:
+            statistics.record_failure(time.perf_counter() - began)
+            raise
 
-    async def _answer(request: Request, body: bytes) -> Response:
+    async def _answer(request: Request, body: bytes, began: float) -> Response:
         header_length = request.headers.get(HEADER_LENGTH)
+        parsing = time.perf_counter()
         # Parsing and encoding are linear in the body size: off the event loop, unless it is small.
         if len(body) <= INLINE_PARSE_BYTES:
             parsed = parse_infer_request(body, header_length, model, clamp=clamp_inputs)
@@ -231,16 +243,25 @@ def create_app(
             parsed = await run_in_threadpool(
                 parse_infer_request, body, header_length, model, clamp=clamp_inputs
             )
+        parsed_for = time.perf_counter() - parsing
         try:
-            outputs = await app.state.batcher.submit(parsed.inputs)
+            answer = await app.state.batcher.submit(parsed.inputs)
         except BatcherClosedError as error:
             raise ProtocolError(str(error), 503) from None
-        if len(parsed.inputs) <= max_batch:
-            content, headers = encode_infer_response(model, parsed, outputs)
-            return Response(content, headers=headers)
-        content, headers = await run_in_threadpool(encode_infer_response, model, parsed, outputs)
-        return Response(
-            content, headers=headers, background=BackgroundTask(run_in_threadpool, release_memory)
+        encoding = time.perf_counter()
+        large = len(parsed.inputs) > max_batch
+        if large:
+            content, headers = await run_in_threadpool(encode_infer_response, model, parsed, answer.outputs)
+        else:
+            content, headers = encode_infer_response(model, parsed, answer.outputs)
+        done = time.perf_counter()
+        statistics.record_success(
+            len(parsed.inputs), done - began, answer.queued, parsed_for, answer.computed, done - encoding
         )
+        if large:  # once the answer is sent, the memory its parsing used goes back to the system
+            return Response(
+                content, headers=headers, background=BackgroundTask(run_in_threadpool, release_memory)
+            )
+        return Response(content, headers=headers)
 
     return app

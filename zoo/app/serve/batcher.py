@@ -29,7 +29,7 @@ from types import TracebackType
 
 import numpy as np
 
-__all__ = ["BatcherClosedError", "DynamicBatcher"]
+__all__ = ["Answer", "BatcherClosedError", "DynamicBatcher"]
 
 Outputs = dict[str, np.ndarray]
 
@@ -38,11 +38,20 @@ class BatcherClosedError(RuntimeError):
     """A request was submitted to a batcher that is not running (not started, or shutting down)."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The outputs of one request, and where its time went (seconds, summed over its parts)."""
+
+    outputs: Outputs
+    queued: float  # from its arrival to the start of the model call that ran it
+    computed: float  # the model calls that ran it
+
+
 @dataclass
 class _Waiting:
     inputs: np.ndarray
     arrived: float
-    answer: asyncio.Future[Outputs]
+    answer: asyncio.Future[Answer]
 
 
 class DynamicBatcher:
@@ -52,10 +61,18 @@ class DynamicBatcher:
     the queue and stops it.
     """
 
-    def __init__(self, run: Callable[[np.ndarray], Outputs], max_batch: int, max_delay: float) -> None:
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], Outputs],
+        max_batch: int,
+        max_delay: float,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """``on_batch(examples, seconds)`` is called after each model call that succeeded."""
         if max_batch < 1 or max_delay < 0:
             raise ValueError(f"need max_batch >= 1 and max_delay >= 0, got {max_batch} and {max_delay}")
         self.run = run
+        self.on_batch = on_batch
         self.max_batch = max_batch
         self.max_delay = max_delay
         self._queue: deque[_Waiting] = deque()
@@ -85,15 +102,19 @@ class DynamicBatcher:
         self._closing = True
         self._arrival.set()
 
-    async def submit(self, inputs: np.ndarray) -> Outputs:
+    async def submit(self, inputs: np.ndarray) -> Answer:
         """The outputs for ``inputs`` (a batch of one or more examples), once all its parts have run."""
         if len(inputs) <= self.max_batch:
             return await self._submit_part(inputs)
         starts = range(self.max_batch, len(inputs), self.max_batch)
         parts = [await self._submit_part(part) for part in np.split(inputs, starts)]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return Answer(
+            {name: np.concatenate([part.outputs[name] for part in parts]) for name in parts[0].outputs},
+            queued=sum(part.queued for part in parts),
+            computed=sum(part.computed for part in parts),
+        )
 
-    async def _submit_part(self, inputs: np.ndarray) -> Outputs:
+    async def _submit_part(self, inputs: np.ndarray) -> Answer:
         if not self.is_open:
             raise BatcherClosedError("the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -139,6 +160,8 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Waiting]) -> None:
         inputs = np.concatenate([waiting.inputs for waiting in batch])
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             outputs = await asyncio.to_thread(self.run, inputs)
         except Exception as error:  # every request of the batch gets the failure
@@ -146,9 +169,13 @@ class DynamicBatcher:
                 if not waiting.answer.done():
                     waiting.answer.set_exception(error)
             return
+        computed = loop.time() - began
+        if self.on_batch is not None:
+            self.on_batch(len(inputs), computed)
         start = 0
         for waiting in batch:
             stop = start + len(waiting.inputs)
             if not waiting.answer.done():  # done: the client went away (request cancelled)
-                waiting.answer.set_result({name: values[start:stop] for name, values in outputs.items()})
+                rows = {name: values[start:stop] for name, values in outputs.items()}
+                waiting.answer.set_result(Answer(rows, began - waiting.arrived, computed))
             start = stop

@@ -9,6 +9,7 @@ only as true as that check.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -62,6 +63,11 @@ class ServedModel:
             raise ArtifactError(
                 f"model {name}: its output {graph_output.name!r} has shape {graph_output.shape}, "
                 "expected [batch, classes] logits with at least 2 classes"
+            )
+        if not (math.isfinite(certificate.lipschitz_bound) and certificate.lipschitz_bound > 0):
+            raise ArtifactError(
+                f"model {name}: its certificate's Lipschitz bound is {certificate.lipschitz_bound!r}, "
+                "not a finite positive number: no radius can be computed from it"
             )
         self.name = name
         self.version = VERSION

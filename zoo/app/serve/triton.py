@@ -5,12 +5,14 @@ Served:
 * *model configuration*: ``GET /v2/models/{name}[/versions/1]/config``, the JSON form of the
   config.pbtxt ``zoo export --triton`` writes (``max_batch_size`` is the batcher's ``--max-batch``;
   larger requests are accepted and run in parts; the certificate as ``zoo.*`` parameters);
+* *statistics*: ``GET /v2/models/stats`` and ``/v2/models/{name}[/versions/1]/stats``
+  (``zoo.app.serve.statistics``);
 * *model repository*, read-only: ``POST /v2/repository/index`` lists the model as READY;
   ``POST /v2/repository/models/{name}/load`` succeeds for the served model, which is loaded (a new
   configuration or file is refused); ``unload`` is refused: the server serves one model for its life.
 
 Refused with a 400 naming the extension (``tritonclient`` raises it as an InferenceServerException):
-statistics, trace, logging, system and CUDA shared memory. :data:`EXTENSIONS` lists, in the server
+trace, logging, system and CUDA shared memory. :data:`EXTENSIONS` lists, in the server
 metadata, exactly the extensions served in full.
 """
 
@@ -24,17 +26,15 @@ from fastapi import APIRouter, Request
 
 from zoo.app.serve.model import ServedModel
 from zoo.app.serve.protocol import DATATYPE_NAMES, ProtocolError
+from zoo.app.serve.statistics import InferenceStatistics
 
 __all__ = ["EXTENSIONS", "model_config", "router"]
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 """Triton's names of the protocol extensions served in full (the server metadata lists them)."""
 
 REPOSITORY_BODY_BYTES = 65536
 UNSUPPORTED = {  # route prefix of an extension this server does not implement -> its name
-    "/v2/models/stats": "statistics",
-    "/v2/models/{name}/stats": "statistics",
-    "/v2/models/{name}/versions/{version}/stats": "statistics",
     "/v2/trace/setting": "trace",
     "/v2/models/{name}/trace/setting": "trace",
     "/v2/logging": "logging",
@@ -101,10 +101,23 @@ async def _small_json_body(request: Request) -> Any:
 
 
 def router(
-    model: ServedModel, check_model: Callable[[str, str | None], None], *, max_batch: int, max_delay_ms: float
+    model: ServedModel,
+    check_model: Callable[[str, str | None], None],
+    statistics: InferenceStatistics,
+    *,
+    max_batch: int,
+    max_delay_ms: float,
 ) -> APIRouter:
     """The routes of this module; ``check_model`` raises the 404 for a name or version not served."""
     routes = APIRouter()
+
+    @routes.get("/v2/models/stats")
+    @routes.get("/v2/models/{name}/stats")
+    @routes.get("/v2/models/{name}/versions/{version}/stats")
+    async def stats(name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            check_model(name, version)
+        return {"model_stats": [statistics.to_json(model.name, model.version)]}
 
     @routes.get("/v2/models/{name}/config")
     @routes.get("/v2/models/{name}/versions/{version}/config")
