@@ -9,6 +9,7 @@ real ``zoo serve`` in a subprocess.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -30,7 +31,7 @@ from typer.testing import CliRunner
 import zoo
 from export.writers import read_onnx_certificate
 from zoo.app.cli import app as cli
-from zoo.app.serve import ArtifactError, Limits, ServedModel
+from zoo.app.serve import ArtifactError, Limits, ServedModel, open_model
 from zoo.app.serve.app import create_app
 
 MAX_BODY_BYTES = 64 * 1024  # small, so that the oversized-body test stays cheap
@@ -494,6 +495,23 @@ def test_serve_refuses_a_file_whose_graph_exceeds_its_certificate(artifact, tmp_
     onnx.save(proto, tampered)
     result = runner.invoke(cli, ["serve", str(tampered)])
     assert result.exit_code == 1 and "refused" in result.stderr
+
+
+def test_serve_refuses_a_file_that_is_not_onnx_in_one_line(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(np.random.default_rng(0).bytes(3000))
+    result = runner.invoke(cli, ["serve", str(garbage)])
+    assert result.exit_code == 1 and "not a readable ONNX file" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_expect_sha256_pins_the_file_served(artifact, tmp_path):
+    digest = hashlib.sha256(artifact.onnx.read_bytes()).hexdigest()
+    served = open_model(artifact.onnx, "cpu", tmp_path / "a", expected_sha256=digest.upper())
+    assert served.certificate == artifact.certificate
+    for source in (artifact.onnx, artifact.checkpoint):
+        result = runner.invoke(cli, ["serve", str(source), "--expect-sha256", "0" * 64])
+        assert result.exit_code == 1 and f"{source}: its sha256 is" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("bound", [math.nan, math.inf, 0.0, -1.0])

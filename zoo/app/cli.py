@@ -623,6 +623,7 @@ def serve(
         bool,
         typer.Option(help="clamp inputs outside the certificate's input range (and say so) instead of 400"),
     ] = False,
+    expect_sha256: Annotated[str | None, typer.Option(help=EXPECT_SHA256_HELP)] = None,
 ) -> None:
     """Serve a certified model over HTTP: KServe v2 / Open Inference Protocol, on onnxruntime.
 
@@ -644,7 +645,7 @@ def serve(
         )
     with tempfile.TemporaryDirectory(prefix="zoo-serve-") as workdir:
         with _user_errors():
-            served = open_model(source, device.value, Path(workdir))
+            served = open_model(source, device.value, Path(workdir), expect_sha256)
         shape = ", ".join(map(str, served.input_shape))
         console.print(
             f"serving [bold]{served.name}[/]: inputs [-1, {shape}], {served.num_classes} classes, "

@@ -16,17 +16,28 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from export.runtime import onnx_session
 from export.verify import verify_onnx
 from export.writers import write_onnx
 from zoo.certificate import Certificate
-from zoo.hub import load
+from zoo.hub import check_sha256, load
 from zoo.prediction import input_range, predictions_from_logits
 
 __all__ = ["ArtifactError", "ServedModel", "open_model"]
 
 VERSION = "1"
+# What onnxruntime raises for a file it cannot load (its exceptions derive from Exception directly).
+RUNTIME_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
 
 
 class ArtifactError(ValueError):
@@ -108,32 +119,52 @@ class ServedModel:
         }
 
 
-def _export_to_onnx(source: str, workdir: Path) -> tuple[Path, str]:
+def _export_to_onnx(source: str, workdir: Path, expected_sha256: str | None) -> tuple[Path, str]:
     """Load a checkpoint path or models.yaml name with ``zoo.load`` and write it as ONNX in ``workdir``."""
     name = Path(source).stem if Path(source).is_file() else source
-    certified = load(source)
+    certified = load(source, expected_sha256=expected_sha256)
     path = write_onnx(certified.model.cpu(), certified.certificate, workdir / f"{name}.onnx")
     return path, name
 
 
-def open_model(source: str | os.PathLike, device: str, workdir: Path) -> ServedModel:
+def _private_copy(source: Path, workdir: Path, expected_sha256: str | None) -> Path:
+    """A copy of the ONNX file ``source`` in ``workdir``, its sha256 checked: the file verified and
+    run is the one whose bytes were checked, whatever happens to ``source`` meanwhile."""
+    try:
+        data = source.read_bytes()
+    except OSError as error:
+        raise ArtifactError(f"{source}: cannot be read ({error.strerror or error})") from None
+    if expected_sha256 is not None:
+        check_sha256(data, expected_sha256, str(source))
+    workdir.mkdir(parents=True, exist_ok=True)
+    copy = workdir / source.name
+    copy.write_bytes(data)
+    return copy
+
+
+def open_model(
+    source: str | os.PathLike, device: str, workdir: Path, expected_sha256: str | None = None
+) -> ServedModel:
     """The model to serve for ``source``: an ``.onnx`` file, a checkpoint path or a models.yaml name.
 
-    A checkpoint or a name is exported to ONNX in ``workdir`` first (the caller owns that directory).
-    The model is named after the registry name, or the file's stem. Raises :class:`ArtifactError`
-    (or the loader's own error) saying why a source cannot be served, and
-    ``DeviceUnavailableError`` when ``device`` is 'cuda' and CUDA cannot be used.
+    A checkpoint or a name is exported to ONNX in ``workdir`` first; an ``.onnx`` file is copied
+    there (the caller owns that directory). ``expected_sha256`` pins the bytes of the file given (or,
+    for a name, of its checkpoint). The model is named after the registry name, or the file's stem.
+    Raises :class:`ArtifactError` (or the loader's or verifier's own error) saying why a source cannot
+    be served, and ``DeviceUnavailableError`` when ``device`` is 'cuda' and CUDA cannot be used.
     """
     source = os.fspath(source)
     if Path(source).suffix == ".onnx":
-        path, name = Path(source), Path(source).stem
-        if not path.is_file():
-            raise ArtifactError(f"{path}: no such file")
+        path, name = _private_copy(Path(source), workdir, expected_sha256), Path(source).stem
     else:
-        path, name = _export_to_onnx(source, workdir)
+        path, name = _export_to_onnx(source, workdir, expected_sha256)
+    certificate = _check_artifact(path)  # first: onnxruntime only ever sees a file that verifies
     options = ort.SessionOptions()
     # Idle intra-op threads would spin after every call (about 1 ms of CPU per batch-1 request,
     # measured by bench/bench_serve.py): between requests a server should leave the CPU alone.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnx_session(path, device, options)  # first: an unusable device is the quickest error
-    return ServedModel(name, session, _check_artifact(path))
+    try:
+        session = onnx_session(path, device, options)
+    except RUNTIME_ERRORS as error:
+        raise ArtifactError(f"{source}: onnxruntime cannot run it ({str(error).splitlines()[0]})") from None
+    return ServedModel(name, session, certificate)
