@@ -24,7 +24,7 @@ AR1 = {
     "latent_layer": 4,
     "replay_size": 100,
     "inc_lr": 0.001,
-    "batch_renorm": {"momentum": 0.1},
+    "normalization": {"name": "batch_recentering", "momentum": 0.1},
 }
 
 
@@ -53,8 +53,9 @@ def _run(entry: ModelEntry, out, digits, **kwargs: Any):
 
 def test_zoo_train_produces_a_certified_checkpoint_that_zoo_load_accepts(tmp_path, digits):
     result = _run(_entry(AR1), tmp_path, digits)
-    loaded = zoo.load(result.checkpoint)
+    loaded = zoo.load(result.checkpoint)  # recomputes the certificate from the folded weights
     assert loaded.certificate.lipschitz_bound == pytest.approx(result.certificate.lipschitz_bound)
+    assert loaded.certificate.lipschitz_bound <= 1.0  # AR1 is certified by construction
     with torch.no_grad():
         accuracy = float((loaded.model(digits.x_test).argmax(1) == digits.y_test).double().mean())
     assert accuracy == pytest.approx(result.metrics["clean_accuracy"])
@@ -124,6 +125,37 @@ NAIVE = {"name": "naive"}
             {"continual": {"strategy": {"name": "ar1", "latent_layer": 11}}},
             "recipe.continual.strategy.latent_layer",
             "below",
+        ),
+        (
+            {"continual": {"strategy": {"name": "ar1", "latent_layer": 4, "normalization": {"name": "bn"}}}},
+            "recipe.continual.strategy.normalization",
+            "does not match",
+        ),
+        (
+            {
+                "continual": {
+                    "strategy": {
+                        "name": "ar1",
+                        "latent_layer": 4,
+                        "normalization": {"name": "batch_recentering", "max_r_max": 2.0},
+                    }
+                }
+            },
+            "recipe.continual.strategy.normalization.max_r_max",
+            "Extra inputs",
+        ),
+        (
+            {
+                "continual": {
+                    "strategy": {
+                        "name": "ar1",
+                        "latent_layer": 4,
+                        "replay_loss": {"name": "hkr", "params": {"tau": 1.0}},
+                    }
+                }
+            },
+            "recipe.continual.strategy.replay_loss",
+            "no parameter 'tau'",
         ),
         ({"continual": {"experiences": 3, "strategy": NAIVE}}, "recipe.continual.experiences", "evenly"),
         ({"continual": {"class_order": [0, 1], "strategy": NAIVE}}, "recipe.continual.class_order", "once"),

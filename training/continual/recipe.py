@@ -13,6 +13,10 @@ module gives it a schema. Example (YAML)::
         beta: 0.5
         lider: {alpha: 0.1, beta: 0.1, learn_budget: true}
 
+An AR1 strategy (``name: ar1``) names its latent layer and, optionally, its normalisation
+(``batch_recentering``, 1-Lipschitz, the default; ``batch_renorm``, AR1's original, uncertified),
+its head (``lipschitz_head``) and the loss of its latent-replay phase (``replay_loss``).
+
 Every error names the entry and the field: ``entry NAME: field 'recipe.continual.X': message``.
 """
 
@@ -32,11 +36,13 @@ from pydantic import (
 )
 from torch import nn
 
+from training.losses import make_loss
 from training.recipe import build_model
-from zoo.registry import ModelEntry
+from zoo.registry import LossSpec, ModelEntry
 
 __all__ = [
     "AR1Spec",
+    "BatchRecenteringSpec",
     "BatchRenormSpec",
     "ContinualRecipe",
     "DERPPSpec",
@@ -101,25 +107,50 @@ class SIStrategySpec(SynapticIntelligenceSpec):
 
 
 class BatchRenormSpec(_Strict):
-    """BatchReNorm2d after every convolution; ``r_max`` grows from 1 to ``max_r_max`` and ``d_max``
-    from 0 to ``max_d_max`` by ``inc_step`` per training sample."""
+    """BatchReNorm2d after every convolution (AR1's original): its eval-mode scale ``gamma / sigma`` is
+    not bounded, so neither is the certified bound. ``r_max`` grows from 1 to ``max_r_max`` and
+    ``d_max`` from 0 to ``max_d_max`` by ``inc_step`` per training sample."""
 
+    name: Literal["batch_renorm"]
     momentum: float = Field(default=0.01, gt=0.0, le=1.0)
     max_r_max: float = Field(default=1.25, ge=1.0)
     max_d_max: NonNegativeFloat = 0.5
     inc_step: NonNegativeFloat = 4.1e-5
 
 
+class BatchRecenteringSpec(_Strict):
+    """BatchReCentering2d after every convolution: batch renormalisation's mean correction with a
+    per-channel scale bounded by 1 (1-Lipschitz in both modes). ``d_max`` grows from 0 to
+    ``max_d_max`` by ``inc_step`` per training sample."""
+
+    name: Literal["batch_recentering"]
+    momentum: float = Field(default=0.01, gt=0.0, le=1.0)
+    max_d_max: NonNegativeFloat = 0.5
+    inc_step: NonNegativeFloat = 4.1e-5
+
+
+NormalizationSpec = Annotated[BatchRenormSpec | BatchRecenteringSpec, Field(discriminator="name")]
+
+
 class AR1Spec(_Strict):
-    """AR1: CWR* head, latent replay at ``latent_layer`` (an index of the architecture's layers),
-    optional BatchReNorm and Synaptic Intelligence. ``inc_lr`` is the learning rate after the first
-    experience (the recipe's optimizer lr is used for the first)."""
+    """AR1: CWR* head, latent replay at ``latent_layer`` (an index of the architecture's layers), a
+    normalisation after every convolution (None: none), optional Synaptic Intelligence.
+
+    ``inc_lr`` is the learning rate after the first experience (the recipe's optimizer lr is used
+    for the first). ``lipschitz_head`` trains and ships the CWR* head through
+    ``training.continual.cwr.ProjectedRows`` (spectral norm at most 1); without it the head is a
+    plain layer, as in AR1's original. ``replay_loss`` is the loss of the latent-replay phase (the
+    experiences after the first; default: the recipe's loss)."""
 
     name: Literal["ar1"]
     latent_layer: NonNegativeInt
     replay_size: PositiveInt = 1500
     inc_lr: PositiveFloat = 5e-5
-    batch_renorm: BatchRenormSpec | None = Field(default_factory=BatchRenormSpec)
+    normalization: NormalizationSpec | None = Field(
+        default_factory=lambda: BatchRecenteringSpec(name="batch_recentering")
+    )
+    lipschitz_head: bool = True
+    replay_loss: LossSpec | None = None
     synaptic_intelligence: SynapticIntelligenceSpec | None = None
 
 
@@ -152,12 +183,18 @@ class ContinualRecipeError(ValueError):
         super().__init__(f"entry {entry}: field {path!r}: {message}")
 
 
+NORMALIZATION_NAMES = ("batch_renorm", "batch_recentering")
+
+
 def _field_path(location: tuple[int | str, ...]) -> str:
-    """Dotted field path of a pydantic error location, without the tag pydantic inserts after a
-    discriminated union (``strategy.er.buffer_size`` -> ``strategy.buffer_size``)."""
+    """Dotted field path of a pydantic error location, without the tags pydantic inserts after a
+    discriminated union (``strategy.er.buffer_size`` -> ``strategy.buffer_size``,
+    ``strategy.ar1.normalization.batch_renorm.momentum`` -> ``strategy.normalization.momentum``)."""
     parts = [str(part) for part in location]
     if len(parts) > 1 and parts[0] == "strategy" and parts[1] in STRATEGY_NAMES:
         del parts[1]
+    if len(parts) > 2 and parts[1] == "normalization" and parts[2] in NORMALIZATION_NAMES:
+        del parts[2]
     return ".".join(parts)
 
 
@@ -173,6 +210,11 @@ def _check_against_architecture(entry: ModelEntry, recipe: ContinualRecipe) -> N
             entry.name, "experiences", f"{num_classes} classes do not split evenly into {recipe.experiences}"
         )
     strategy = recipe.strategy
+    if isinstance(strategy, AR1Spec) and strategy.replay_loss is not None:
+        try:
+            make_loss(strategy.replay_loss.name, strategy.replay_loss.params)
+        except (TypeError, ValueError) as error:
+            raise ContinualRecipeError(entry.name, "strategy.replay_loss", str(error)) from None
     uses_lider = isinstance(strategy, ERSpec) and strategy.lider is not None
     if not (isinstance(strategy, AR1Spec) or uses_lider):
         return

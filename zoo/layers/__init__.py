@@ -21,6 +21,7 @@ from zoo.layers.frobenius import (
 from zoo.layers.normalization import (
     BatchCentering,
     BatchLipNorm,
+    BatchReCentering2d,
     BatchReNorm2d,
     LayerCentering,
     fold_batchrenorm,
@@ -77,6 +78,7 @@ __all__ = [
     "Abs",
     "BatchCentering",
     "BatchLipNorm",
+    "BatchReCentering2d",
     "BatchReNorm2d",
     "BlockOrthogonal",
     "ConvexResidual",

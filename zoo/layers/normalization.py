@@ -5,6 +5,9 @@ BatchCentering are 1-Lipschitz in both modes, with no scaling to undo the constr
 divides the centred input by one standard deviation shared by all channels, and BatchReNorm2d by
 per-channel ones: in eval mode they are affine maps whose Lipschitz factors (``1 / scale`` and
 ``max |gamma| / sqrt(running_var + eps)``) the certificate computes from the buffers and weights.
+BatchReCentering2d is BatchReNorm2d's centering without its division: running-statistics
+correction as in batch renormalisation, and a learned per-channel scale bounded by 1, so it is
+1-Lipschitz in both modes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BatchCentering", "BatchLipNorm", "BatchReNorm2d", "LayerCentering", "fold_batchrenorm"]
+__all__ = [
+    "BatchCentering",
+    "BatchLipNorm",
+    "BatchReCentering2d",
+    "BatchReNorm2d",
+    "LayerCentering",
+    "fold_batchrenorm",
+]
 
 
 def _channel_view(vector: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -186,13 +196,7 @@ class BatchReNorm2d(nn.Module):
     def folded(self) -> nn.Conv2d:
         """The eval-mode map as a depthwise 1x1 ``nn.Conv2d`` (the ``zoo.fold`` hook), weight and bias
         from :meth:`affine`."""
-        scale, shift = self.affine()
-        conv = nn.Conv2d(scale.numel(), scale.numel(), 1, groups=scale.numel())
-        conv = conv.to(device=scale.device, dtype=scale.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(scale.view(-1, 1, 1, 1))
-            conv.bias.copy_(shift)
-        return conv
+        return _depthwise(*self.affine())
 
     def extra_repr(self) -> str:
         return (
@@ -201,12 +205,99 @@ class BatchReNorm2d(nn.Module):
         )
 
 
-def fold_batchrenorm(conv: nn.Conv2d, norm: BatchReNorm2d) -> nn.Conv2d:
+class BatchReCentering2d(nn.Module):
+    """Batch re-centering of (N, C, H, W) inputs: batch renormalisation's mean correction with a
+    bounded scale instead of the division by a standard deviation.
+
+    Training: ``y = s * (x - mu_B + d) + beta`` with ``d = clip(mu_B - mu, -d_max * sigma, d_max * sigma)``
+    (no gradient through d), where mu, sigma come from the running statistics: the batch mean
+    while ``d_max = 0``, the running mean once d is unclipped. Eval: ``y = s * (x - mu) + beta``. The
+    per-channel scale is ``s = weight / max(1, max_c |weight_c|)``: the diagonal map's spectral
+    normalisation, through which every channel's weight keeps its gradient (a clamp would stop it
+    at the bound, where the weights start).
+
+    Both modes are ``max_c |s_c|``-Lipschitz, so at most 1: per channel, the training map is ``s``
+    times ``x - mean(x) + clip(mean(x) - mu)``, the identity minus a part of the projection on the
+    batch mean (the clip has slope 0 or 1). The running variance only gives d its unit (as in
+    BatchReNorm2d, ``d_max`` counts running standard deviations).
+
+    Args:
+        num_features: C.
+        eps: added to the running variance.
+        momentum: weight of the new batch statistics in the running ones.
+        d_max: initial clipping limit of the correction (0: batch centering; follow a schedule).
+
+    Shape: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.01, d_max: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.d_max = d_max
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def scale(self) -> torch.Tensor:
+        """(C,) the per-channel scale ``s = weight / max(1, max_c |weight_c|)``."""
+        return self.weight / self.weight.abs().max().clamp_min(1.0)
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), both (C,): the eval-mode map is ``y = scale * x + shift`` per channel, with
+        ``shift = beta - scale * mu``."""
+        scale = self.scale()
+        return scale, self.bias - scale * self.running_mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            scale, shift = self.affine()
+            return x * _channel_view(scale, x) + _channel_view(shift, x)
+        dims = [0, 2, 3]
+        mean = x.mean(dim=dims)
+        with torch.no_grad():
+            var = x.var(dim=dims, unbiased=False)
+            limit = self.d_max * (self.running_var + self.eps).sqrt()
+            d = torch.minimum(torch.maximum(mean - self.running_mean, -limit), limit)
+            count = x.numel() // x.shape[1]
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)
+        centred = x - _channel_view(mean - d, x)
+        return centred * _channel_view(self.scale(), x) + _channel_view(self.bias, x)
+
+    @property
+    def lipschitz_factor(self) -> float:
+        """Lipschitz constant of both modes: ``max_c |s_c|`` (at most 1)."""
+        return float(self.scale().detach().abs().max())
+
+    def folded(self) -> nn.Conv2d:
+        """The eval-mode map as a depthwise 1x1 ``nn.Conv2d`` (the ``zoo.fold`` hook)."""
+        return _depthwise(*self.affine())
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}, momentum={self.momentum}, d_max={self.d_max}"
+
+
+def _depthwise(scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
+    """The per-channel map ``y = scale * x + shift`` as a depthwise 1x1 ``nn.Conv2d``."""
+    conv = nn.Conv2d(scale.numel(), scale.numel(), 1, groups=scale.numel())
+    conv = conv.to(device=scale.device, dtype=scale.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(scale.view(-1, 1, 1, 1))
+        conv.bias.copy_(shift)
+    return conv
+
+
+def fold_batchrenorm(conv: nn.Conv2d, norm: BatchReNorm2d | BatchReCentering2d) -> nn.Conv2d:
     """One plain ``nn.Conv2d`` computing ``norm(conv(x))`` with ``norm`` in eval mode.
 
-    The per-channel scale ``gamma / sigma`` multiplies the conv's output channels and the shift goes
-    into the bias, so the certificate bounds the product as one convolution (tighter than the product
-    of two bounds). ``conv`` may be parametrized: its current weight is used.
+    The per-channel scale (``gamma / sigma``, or the bounded ``s``) multiplies the conv's output
+    channels and the shift goes into the bias, so the certificate bounds the product as one
+    convolution (tighter than the product of two bounds). ``conv`` may be parametrized: its current
+    weight is used.
     """
     scale, shift = norm.affine()
     merged = nn.Conv2d(
