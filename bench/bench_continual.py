@@ -1,14 +1,17 @@
-"""Benchmark of the continual-learning strategies on class-incremental split digits. Prints tables;
-not a test.
+"""Benchmark of the continual-learning strategies on class-incremental split digits and split
+Fashion-MNIST. Prints tables; not a test.
 
-Run: ``zoo bench continual [--epochs 8] [--seeds 0 1 2] [--only ar1 er]``
+Run: ``zoo bench continual [--dataset digits|fashion_mnist] [--epochs N] [--seeds 0 1 2] [--only ar1 er]``
 
-Every strategy trains the same small 1-Lipschitz lipconv (widths 8/16/32, dense 64) on scikit-learn's
-digits split into 5 experiences of 2 classes, ``--epochs`` epochs per experience, with each seed;
-the final model is folded and certified by ``training.trainer.train`` like any zoo model. The table
-gives, mean ± std over the seeds, the class-incremental final average accuracy and forgetting, the
-task-incremental final average accuracy, the certified accuracy at L2 radius 0.1 on the full test
-set, and the certified Lipschitz bound of each seed's final model.
+Every strategy trains the network of the dataset's certified AR1 entry of models.yaml
+(``lipconv_s.digits_ar1``, ``lipconv_s.fashion_mnist_ar1``) with that entry's loss, optimizer and
+batch size, on the dataset split into 5 experiences of 2 classes, ``--epochs`` epochs per experience
+(default: the entry's), with each seed; the final model is folded and certified by
+``training.trainer.train`` like any zoo model, and evaluated on the full test set. The table gives, mean ±
+std over the seeds: the class-incremental final average accuracy and forgetting, the certified
+accuracy at L2 radius 0.1 / 0.25 / 0.5, the largest certified Lipschitz bound over the seeds, and
+the CPU seconds of one run (one thread). A second table gives LiDER's effect on its base method,
+paired by seed (same seed, same stream, same initialisation).
 """
 
 from __future__ import annotations
@@ -23,27 +26,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from training.data import Dataset, load_digits
+from training.data import Dataset, load_dataset
 from training.trainer import RunOptions, train
-from zoo.registry import ModelEntry
+from zoo.registry import ModelEntry, get_entry
 
-BUFFER = 200
+# The entry whose architecture and training recipe every strategy of a dataset uses.
+BASE_ENTRY = {"digits": "lipconv_s.digits_ar1", "fashion_mnist": "lipconv_s.fashion_mnist_ar1"}
+BUFFER = {"digits": 200, "fashion_mnist": 500}
 LIDER = {"alpha": 0.1, "beta": 0.1}
-STRATEGIES: dict[str, dict[str, Any]] = {
-    "naive": {"name": "naive"},
-    "si": {"name": "si", "strength": 0.1},
-    "er": {"name": "er", "buffer_size": BUFFER},
-    "er_lider": {"name": "er", "buffer_size": BUFFER, "lider": LIDER},
-    "derpp": {"name": "derpp", "buffer_size": BUFFER, "alpha": 0.1, "beta": 0.5},
-    "derpp_lider": {"name": "derpp", "buffer_size": BUFFER, "alpha": 0.1, "beta": 0.5, "lider": LIDER},
-    "ar1": {
-        "name": "ar1",
-        "latent_layer": 4,
-        "replay_size": 300,
-        "inc_lr": 0.001,
-        "batch_renorm": {"momentum": 0.1},
-    },
-}
+EPSILONS = ("0.1", "0.25", "0.5")
 LABELS = {
     "naive": "Naive",
     "si": "SI",
@@ -51,100 +42,139 @@ LABELS = {
     "er_lider": "ER + LiDER",
     "derpp": "DER++",
     "derpp_lider": "DER++ + LiDER",
-    "ar1": "AR1 (CWR* + latent replay + BRN)",
+    "ar1": "AR1 certified (BatchReCentering, projected CWR* head)",
+    "ar1_original": "AR1 original (BatchReNorm, plain CWR* head)",
 }
+LIDER_PAIRS = (("er", "er_lider"), ("derpp", "derpp_lider"))
 
 
-def entry(strategy: str, epochs: int) -> ModelEntry:
-    """The registry entry of one benchmark run."""
-    return ModelEntry(
-        name=f"lipconv_s.bench_{strategy}",
-        description=f"bench_continual: {LABELS[strategy]} on split digits",
-        architecture={
-            "name": "lipconv",
-            "input_shape": [1, 8, 8],
-            "num_classes": 10,
-            "options": {"widths": [8, 16, 32], "dense": [64]},
-        },
-        recipe={
-            "dataset": "digits",
-            "loss": {"name": "tau_cross_entropy", "params": {"tau": 10.0}},
-            "optimizer": {"name": "adam", "lr": 0.003},
-            "epochs": epochs,
-            "batch_size": 32,
-            "continual": {"experiences": 5, "strategy": STRATEGIES[strategy]},
-        },
-    )
-
-
-def run(strategy: str, epochs: int, seed: int, data: Dataset) -> dict[str, float]:
-    """Train one strategy with one seed; the figures of its final model."""
-    with tempfile.TemporaryDirectory() as out:
-        options = RunOptions(seed=seed, progress=False)
-        result = train(entry(strategy, epochs), out, options, data=data, console=Console(quiet=True))
-    continual = result.metrics["continual"]
+def strategies(base: ModelEntry, dataset: str) -> dict[str, dict[str, Any]]:
+    """The strategy block of each benchmark row; the AR1 rows are the base entry's AR1 and its
+    original design (BatchReNorm, plain head) with the same latent layer, memory and learning rates."""
+    buffer = BUFFER[dataset]
+    derpp = {"name": "derpp", "buffer_size": buffer, "alpha": 0.1, "beta": 0.5}
+    ar1 = dict(base.recipe.continual["strategy"])
+    original = {key: ar1[key] for key in ("name", "latent_layer", "replay_size", "inc_lr")}
+    original |= {"normalization": {"name": "batch_renorm", "momentum": 0.1}, "lipschitz_head": False}
     return {
-        "accuracy": continual["class_il"]["final_average_accuracy"],
-        "forgetting": continual["class_il"]["forgetting"],
-        "task_il": continual["task_il"]["final_average_accuracy"],
-        "certified": result.metrics["certified_accuracy"]["0.1"],
-        "bound": result.certificate.lipschitz_bound,
+        "naive": {"name": "naive"},
+        "si": {"name": "si", "strength": 0.1},
+        "er": {"name": "er", "buffer_size": buffer},
+        "er_lider": {"name": "er", "buffer_size": buffer, "lider": LIDER},
+        "derpp": derpp,
+        "derpp_lider": derpp | {"lider": LIDER},
+        "ar1": ar1,
+        "ar1_original": original,
     }
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` in percent (sample std; 0 for one value)."""
+def entry(base: ModelEntry, strategy: dict[str, Any], epochs: int) -> ModelEntry:
+    """``base`` with another strategy and number of epochs."""
+    continual = {**base.recipe.continual, "strategy": strategy}
+    recipe = base.recipe.model_copy(update={"continual": continual, "epochs": epochs})
+    return base.model_copy(update={"recipe": recipe})
+
+
+def run(run_entry: ModelEntry, seed: int, data: Dataset) -> dict[str, float]:
+    """Train one entry with one seed; the figures of its final model."""
+    started = time.process_time()
+    with tempfile.TemporaryDirectory() as out:
+        options = RunOptions(seed=seed, progress=False)
+        result = train(run_entry, out, options, data=data, console=Console(quiet=True))
+    class_il = result.metrics["continual"]["class_il"]
+    return {
+        "accuracy": class_il["final_average_accuracy"],
+        "forgetting": class_il["forgetting"],
+        **{eps: result.metrics["certified_accuracy"][eps] for eps in EPSILONS},
+        "bound": result.certificate.lipschitz_bound,
+        "cpu": time.process_time() - started,
+    }
+
+
+def mean_std(values: list[float], scale: float = 100.0) -> str:
+    """``mean ± std`` (sample std; 0 for one value), in percent by default."""
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * std:.1f}"
+    return f"{scale * statistics.mean(values):.1f} ± {scale * std:.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8, help="epochs per experience")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # small networks: one thread is the fastest, and fair to a shared machine
-
-    console = Console(width=170)
-    digits = load_digits()
-    rows = []
-    started = time.perf_counter()
-    for strategy in args.only:
-        runs = [run(strategy, args.epochs, seed, digits) for seed in args.seeds]
-        rows.append(
-            (
-                LABELS[strategy],
-                mean_std([r["accuracy"] for r in runs]),
-                mean_std([r["forgetting"] for r in runs]),
-                mean_std([r["task_il"] for r in runs]),
-                mean_std([r["certified"] for r in runs]),
-                " / ".join(f"{r['bound']:.3g}" for r in runs),
-            )
-        )
-        console.print(f"{LABELS[strategy]}: done ({time.perf_counter() - started:.0f} s so far)")
-
-    columns = (
-        "strategy",
-        "class-IL final avg acc (%)",
-        "class-IL forgetting (%)",
-        "task-IL final avg acc (%)",
-        "certified acc @ eps 0.1 (%)",
-        "certified bound per seed",
-    )
-    title = (
-        f"split digits, 5 x 2 classes, {args.epochs} epochs per experience, seeds "
-        f"{', '.join(map(str, args.seeds))} (mean ± std); total {time.perf_counter() - started:.0f} s"
-    )
+def print_table(console: Console, title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """The table on the console, then in Markdown for the README."""
     table = Table(*columns, title=title)
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    print(f"\n{title}\n")  # the same table in Markdown, for the README
+    print(f"\n{title}\n")
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(BASE_ENTRY), default="digits")
+    parser.add_argument("--epochs", type=int, help="epochs per experience (default: the base entry's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", choices=list(LABELS), default=list(LABELS))
+    parser.add_argument("--data-dir", help="where Fashion-MNIST's idx files are (default: found)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # small networks: one thread is the fastest, and fair to a shared machine
+
+    console = Console(width=190)
+    base = get_entry(BASE_ENTRY[args.dataset])
+    epochs = args.epochs or base.recipe.epochs
+    data = load_dataset(args.dataset, args.data_dir)
+    blocks = strategies(base, args.dataset)
+    results: dict[str, list[dict[str, float]]] = {}
+    started = time.process_time()
+    for name in args.only:
+        results[name] = [run(entry(base, blocks[name], epochs), seed, data) for seed in args.seeds]
+        console.print(f"{LABELS[name]}: done ({time.process_time() - started:.0f} CPU s so far)")
+
+    columns = (
+        "strategy",
+        "class-IL final acc (%)",
+        "forgetting (%)",
+        *(f"certified @ {eps} (%)" for eps in EPSILONS),
+        "bound (max over seeds)",
+        "CPU s / run",
+    )
+    rows = [
+        (
+            LABELS[name],
+            mean_std([r["accuracy"] for r in runs]),
+            mean_std([r["forgetting"] for r in runs]),
+            *(mean_std([r[eps] for r in runs]) for eps in EPSILONS),
+            f"{max(r['bound'] for r in runs):.3f}",
+            f"{statistics.mean(r['cpu'] for r in runs):.0f}",
+        )
+        for name, runs in results.items()
+    ]
+    title = (
+        f"split {args.dataset}, 5 x 2 classes, {base.architecture.name} "
+        f"{base.architecture.options}, {epochs} epochs per experience, seeds "
+        f"{', '.join(map(str, args.seeds))} (mean ± std); {time.process_time() - started:.0f} CPU s in all"
+    )
+    print_table(console, title, columns, rows)
+
+    pairs = [(plain, lider) for plain, lider in LIDER_PAIRS if plain in results and lider in results]
+    if pairs:
+        columns = ("LiDER on", "Δ final acc (points)", *(f"Δ certified @ {eps} (points)" for eps in EPSILONS))
+        rows = []
+        for plain, lider in pairs:
+            deltas = [
+                {key: with_lider[key] - without[key] for key in ("accuracy", *EPSILONS)}
+                for without, with_lider in zip(results[plain], results[lider], strict=True)
+            ]
+            rows.append(
+                (
+                    LABELS[plain],
+                    mean_std([d["accuracy"] for d in deltas]),
+                    *(mean_std([d[eps] for d in deltas]) for eps in EPSILONS),
+                )
+            )
+        print_table(console, f"LiDER minus its base method, paired by seed ({args.dataset})", columns, rows)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,16 @@ def test_ship_records_the_run_and_keeps_every_other_line(registry, short_run):
     assert path.read_text() == after
 
 
+def test_a_continual_run_records_its_class_incremental_accuracy_and_forgetting(short_run):
+    continual = {"class_il": {"final_average_accuracy": 0.912345, "forgetting": 0.031234}, "task_il": {}}
+    flat = registry_metrics(short_run.metrics | {"continual": continual})
+    assert flat == registry_metrics(short_run.metrics) | {
+        "final_average_accuracy": 0.9123,
+        "forgetting": 0.0312,
+    }
+    assert "final_average_accuracy" not in registry_metrics(short_run.metrics)
+
+
 def _copied_run(short_run, directory):
     directory.mkdir()
     for file in short_run.checkpoint.parent.glob("*.*"):

@@ -34,15 +34,19 @@ class ShipError(ValueError):
 
 
 def registry_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The flat metrics models.yaml records, from a run's metrics.json."""
+    """The flat metrics models.yaml records, from a run's metrics.json (for a continual run, also its
+    class-incremental final average accuracy and forgetting)."""
     flat = {"clean_accuracy": round(metrics["clean_accuracy"], 4)}
     for eps, accuracy in metrics["certified_accuracy"].items():
         flat[f"certified_accuracy_{eps}"] = round(accuracy, 4)
     if "empirical_lipschitz" in metrics:
         flat["empirical_lipschitz"] = round(metrics["empirical_lipschitz"], 6)
-    for key in ("torch_threads", "final_average_accuracy", "forgetting"):
-        if key in metrics:
-            flat[key] = round(metrics[key], 4)
+    if "torch_threads" in metrics:
+        flat["torch_threads"] = metrics["torch_threads"]
+    class_il = metrics.get("continual", {}).get("class_il", {})
+    for key in ("final_average_accuracy", "forgetting"):
+        if class_il.get(key) is not None:
+            flat[key] = round(class_il[key], 4)
     return flat
 
 
