@@ -2,6 +2,8 @@
 Fashion-MNIST. Prints tables; not a test.
 
 Run: ``zoo bench continual [--dataset digits|fashion_mnist] [--epochs N] [--seeds 0 1 2] [--only ar1 er]``
+(``--only`` also takes the AR1 ablations, not run by default: ``ar1_latent4``, ``ar1_plain_head``,
+``ar1_no_norm``, ``ar1_hkr_replay``).
 
 Every strategy trains the network of the dataset's certified AR1 entry of models.yaml
 (``lipconv_s.digits_ar1``, ``lipconv_s.fashion_mnist_ar1``) with that entry's loss, optimizer and
@@ -45,18 +47,29 @@ LABELS = {
     "ar1": "AR1 certified (BatchReCentering, projected CWR* head)",
     "ar1_original": "AR1 original (BatchReNorm, plain CWR* head)",
 }
+ABLATIONS = {
+    "ar1_latent4": "AR1 certified, latent replay after the second conv stage (layer 4)",
+    "ar1_plain_head": "AR1 certified, plain CWR* head (not projected)",
+    "ar1_no_norm": "AR1 certified, no normalisation",
+    "ar1_hkr_replay": "AR1 certified, HKR (alpha 50, margin 0.2) in the latent-replay phase",
+}
 LIDER_PAIRS = (("er", "er_lider"), ("derpp", "derpp_lider"))
 
 
 def strategies(base: ModelEntry, dataset: str) -> dict[str, dict[str, Any]]:
-    """The strategy block of each benchmark row; the AR1 rows are the base entry's AR1 and its
-    original design (BatchReNorm, plain head) with the same latent layer, memory and learning rates."""
+    """The strategy block of each benchmark row; the AR1 rows are the base entry's AR1, its original
+    design (BatchReNorm, plain head) with the same latent layer, memory and learning rates, and the
+    ablations, each the base entry's AR1 with one thing changed."""
     buffer = BUFFER[dataset]
     derpp = {"name": "derpp", "buffer_size": buffer, "alpha": 0.1, "beta": 0.5}
     ar1 = dict(base.recipe.continual["strategy"])
     original = {key: ar1[key] for key in ("name", "latent_layer", "replay_size", "inc_lr")}
     original |= {"normalization": {"name": "batch_renorm", "momentum": 0.1}, "lipschitz_head": False}
     return {
+        "ar1_latent4": ar1 | {"latent_layer": 4},
+        "ar1_plain_head": ar1 | {"lipschitz_head": False},
+        "ar1_no_norm": ar1 | {"normalization": None},
+        "ar1_hkr_replay": ar1 | {"replay_loss": {"name": "hkr", "params": {"alpha": 50.0, "margin": 0.2}}},
         "naive": {"name": "naive"},
         "si": {"name": "si", "strength": 0.1},
         "er": {"name": "er", "buffer_size": buffer},
@@ -116,7 +129,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=list(BASE_ENTRY), default="digits")
     parser.add_argument("--epochs", type=int, help="epochs per experience (default: the base entry's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", nargs="+", choices=list(LABELS), default=list(LABELS))
+    parser.add_argument("--only", nargs="+", choices=[*LABELS, *ABLATIONS], default=list(LABELS))
     parser.add_argument("--data-dir", help="where Fashion-MNIST's idx files are (default: found)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small networks: one thread is the fastest, and fair to a shared machine
@@ -130,7 +143,9 @@ def main() -> None:
     started = time.process_time()
     for name in args.only:
         results[name] = [run(entry(base, blocks[name], epochs), seed, data) for seed in args.seeds]
-        console.print(f"{LABELS[name]}: done ({time.process_time() - started:.0f} CPU s so far)")
+        console.print(
+            f"{(LABELS | ABLATIONS)[name]}: done ({time.process_time() - started:.0f} CPU s so far)"
+        )
 
     columns = (
         "strategy",
@@ -142,7 +157,7 @@ def main() -> None:
     )
     rows = [
         (
-            LABELS[name],
+            (LABELS | ABLATIONS)[name],
             mean_std([r["accuracy"] for r in runs]),
             mean_std([r["forgetting"] for r in runs]),
             *(mean_std([r[eps] for r in runs]) for eps in EPSILONS),

@@ -14,7 +14,10 @@ from safetensors.torch import load_file
 import zoo
 from training import trainer
 from training.continual import CONTINUAL_FILE
+from training.continual.metrics import experience_accuracy
 from training.continual.recipe import ContinualRecipeError, parse_continual_recipe
+from training.continual.scenario import class_incremental
+from training.data import load_dataset
 from training.trainer import METRICS_FILE, STATE_FILE, RunOptions, TrainingStateError, train
 from zoo.registry import ModelEntry, load_registry
 
@@ -172,8 +175,49 @@ def test_recipe_errors_name_the_entry_and_the_field(recipe, field, message):
     assert isinstance(error.value, ValueError)
 
 
+SHIPPED_CONTINUAL = sorted(
+    name
+    for name, entry in load_registry().items()
+    if entry.recipe.continual is not None and entry.checkpoint is not None
+)
+
+
 def test_the_continual_entries_of_models_yaml_are_valid():
     entries = [entry for entry in load_registry().values() if entry.recipe.continual is not None]
-    assert {"lipconv_s.digits_ar1", "lipconv_s.digits_lider_derpp"} <= {entry.name for entry in entries}
     for entry in entries:
         parse_continual_recipe(entry)
+    shipped = {
+        (load_registry()[name].recipe.dataset, load_registry()[name].recipe.continual["strategy"]["name"])
+        for name in SHIPPED_CONTINUAL
+    }
+    # the zoo ships a certified AR1 and a rehearsal model with LiDER for each dataset of its benchmark
+    assert {("digits", "ar1"), ("digits", "derpp")} <= shipped
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONTINUAL)
+def test_a_shipped_continual_model_is_certified_at_most_1_and_reproduces_its_class_il_accuracy(name):
+    """The certificate zoo.load recomputes from the shipped weights is at most 1, and the final
+    class-incremental accuracy (the mean over the experiences' test sets) is the recorded one."""
+    entry = load_registry()[name]
+    certified = zoo.load(name)
+    assert certified.certificate.lipschitz_bound <= 1.0
+    recipe = parse_continual_recipe(entry)
+    stream = class_incremental(load_dataset(entry.recipe.dataset), recipe.experiences, recipe.class_order)
+    classes = [c for experience in stream for c in experience.classes]
+    accuracies = [experience_accuracy(certified.model, experience, classes)[0] for experience in stream]
+    assert sum(accuracies) / len(accuracies) == pytest.approx(
+        entry.metrics["final_average_accuracy"], abs=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_zoo_train_reproduces_the_shipped_digits_ar1_model(tmp_path, digits):
+    """The whole stream again, from the recipe: the same weights, so the same metrics."""
+    entry = load_registry()["lipconv_s.digits_ar1"]
+    result = _run(entry, tmp_path, digits)
+    assert result.certificate.weights_sha256 == entry.certificate["weights_sha256"]
+    class_il = result.metrics["continual"]["class_il"]
+    assert class_il["final_average_accuracy"] == pytest.approx(
+        entry.metrics["final_average_accuracy"], abs=1e-4
+    )
+    assert class_il["forgetting"] == pytest.approx(entry.metrics["forgetting"], abs=1e-4)
