@@ -124,13 +124,71 @@ class BatchLipNorm(BatchCentering):
         return scale
 
 
-class BatchReNorm2d(nn.Module):
+class _RenormalizedChannels(nn.Module):
+    """What BatchReNorm2d and BatchReCentering2d share: a per-channel ``weight`` and ``bias``, running
+    statistics of the batches seen in training mode, a per-channel affine map in eval mode
+    (:meth:`affine`, from the subclass) and its folding into a depthwise 1x1 convolution.
+
+    Shape: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(self, num_features: int, eps: float, momentum: float, d_max: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.d_max = d_max
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), both (C,): the eval-mode map is ``y = scale * x + shift`` per channel."""
+        raise NotImplementedError
+
+    def _running_std(self) -> torch.Tensor:
+        return (self.running_var + self.eps).sqrt()
+
+    def _batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, biased variance) of ``x`` per channel, both (C,), folded into the running
+        statistics (the variance unbiased there) after being read."""
+        dims = [0, 2, 3]
+        mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+        with torch.no_grad():
+            count = x.numel() // x.shape[1]
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)
+        return mean, var
+
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.affine()
+        return x * _channel_view(scale, x) + _channel_view(shift, x)
+
+    @property
+    def lipschitz_factor(self) -> float:
+        """Lipschitz constant of the eval-mode map: ``max_c |scale_c|``."""
+        return float(self.affine()[0].detach().abs().max())
+
+    def folded(self) -> nn.Conv2d:
+        """The eval-mode map as a depthwise 1x1 ``nn.Conv2d`` (the ``zoo.fold`` hook), weight and bias
+        from :meth:`affine`."""
+        scale, shift = self.affine()
+        conv = nn.Conv2d(scale.numel(), scale.numel(), 1, groups=scale.numel())
+        conv = conv.to(device=scale.device, dtype=scale.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(scale.view(-1, 1, 1, 1))
+            conv.bias.copy_(shift)
+        return conv
+
+
+class BatchReNorm2d(_RenormalizedChannels):
     """Batch renormalisation (Ioffe 2017) of (N, C, H, W) inputs.
 
     Training: ``x_hat = (x - mu_B) / sigma_B * r + d`` with ``r = clip(sigma_B / sigma, 1/r_max, r_max)``
     and ``d = clip((mu_B - mu) / sigma, -d_max, d_max)`` (no gradient through r, d), where mu, sigma
     come from the running statistics; then ``y = gamma * x_hat + beta``. Eval: the running statistics,
-    ``y = gamma * (x - mu) / sigma + beta``, a per-channel affine map (see :meth:`folded`).
+    ``y = gamma * (x - mu) / sigma + beta``, a per-channel affine map (see :meth:`folded`), whose
+    Lipschitz constant is ``max_c |gamma_c| / sigma_c``.
 
     ``r_max`` and ``d_max`` are plain attributes meant to follow a schedule: 1 and 0 (batch norm) at
     the start, relaxed during training (the paper goes to 3 and 5); set them between steps.
@@ -152,18 +210,8 @@ class BatchReNorm2d(nn.Module):
         r_max: float = 1.0,
         d_max: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.eps = eps
-        self.momentum = momentum
+        super().__init__(num_features, eps, momentum, d_max)
         self.r_max = r_max
-        self.d_max = d_max
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def _running_std(self) -> torch.Tensor:
-        return (self.running_var + self.eps).sqrt()
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), both (C,): the eval-mode map is ``y = scale * x + shift`` per channel, with
@@ -173,30 +221,16 @@ class BatchReNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            scale, shift = self.affine()
-            return x * _channel_view(scale, x) + _channel_view(shift, x)
-        dims = [0, 2, 3]
-        mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+            return self._eval_forward(x)
+        with torch.no_grad():
+            running_mean, running_std = self.running_mean.clone(), self._running_std()
+        mean, var = self._batch_statistics(x)
         std = (var + self.eps).sqrt()
         with torch.no_grad():
-            running_std = self._running_std()
             r = (std / running_std).clamp(1 / self.r_max, self.r_max)
-            d = ((mean - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
-            count = x.numel() // x.shape[1]
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)
+            d = ((mean - running_mean) / running_std).clamp(-self.d_max, self.d_max)
         x_hat = (x - _channel_view(mean, x)) * _channel_view(r / std, x) + _channel_view(d, x)
         return x_hat * _channel_view(self.weight, x) + _channel_view(self.bias, x)
-
-    @property
-    def lipschitz_factor(self) -> float:
-        """Lipschitz constant of the eval-mode map: ``max_c |gamma_c| / sqrt(running_var_c + eps)``."""
-        return float(self.affine()[0].detach().abs().max())
-
-    def folded(self) -> nn.Conv2d:
-        """The eval-mode map as a depthwise 1x1 ``nn.Conv2d`` (the ``zoo.fold`` hook), weight and bias
-        from :meth:`affine`."""
-        return _depthwise(*self.affine())
 
     def extra_repr(self) -> str:
         return (
@@ -205,7 +239,7 @@ class BatchReNorm2d(nn.Module):
         )
 
 
-class BatchReCentering2d(nn.Module):
+class BatchReCentering2d(_RenormalizedChannels):
     """Batch re-centering of (N, C, H, W) inputs: batch renormalisation's mean correction with a
     bounded scale instead of the division by a standard deviation.
 
@@ -233,14 +267,7 @@ class BatchReCentering2d(nn.Module):
     def __init__(
         self, num_features: int, eps: float = 1e-5, momentum: float = 0.01, d_max: float = 0.0
     ) -> None:
-        super().__init__()
-        self.eps = eps
-        self.momentum = momentum
-        self.d_max = d_max
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
+        super().__init__(num_features, eps, momentum, d_max)
 
     def scale(self) -> torch.Tensor:
         """(C,) the per-channel scale ``s = weight / max(1, max_c |weight_c|)``."""
@@ -254,41 +281,17 @@ class BatchReCentering2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            scale, shift = self.affine()
-            return x * _channel_view(scale, x) + _channel_view(shift, x)
-        dims = [0, 2, 3]
-        mean = x.mean(dim=dims)
+            return self._eval_forward(x)
         with torch.no_grad():
-            var = x.var(dim=dims, unbiased=False)
-            limit = self.d_max * (self.running_var + self.eps).sqrt()
-            d = torch.minimum(torch.maximum(mean - self.running_mean, -limit), limit)
-            count = x.numel() // x.shape[1]
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * count / max(count - 1, 1), self.momentum)
+            running_mean, limit = self.running_mean.clone(), self.d_max * self._running_std()
+        mean, _ = self._batch_statistics(x)
+        with torch.no_grad():
+            d = torch.minimum(torch.maximum(mean - running_mean, -limit), limit)
         centred = x - _channel_view(mean - d, x)
         return centred * _channel_view(self.scale(), x) + _channel_view(self.bias, x)
 
-    @property
-    def lipschitz_factor(self) -> float:
-        """Lipschitz constant of both modes: ``max_c |s_c|`` (at most 1)."""
-        return float(self.scale().detach().abs().max())
-
-    def folded(self) -> nn.Conv2d:
-        """The eval-mode map as a depthwise 1x1 ``nn.Conv2d`` (the ``zoo.fold`` hook)."""
-        return _depthwise(*self.affine())
-
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}, momentum={self.momentum}, d_max={self.d_max}"
-
-
-def _depthwise(scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
-    """The per-channel map ``y = scale * x + shift`` as a depthwise 1x1 ``nn.Conv2d``."""
-    conv = nn.Conv2d(scale.numel(), scale.numel(), 1, groups=scale.numel())
-    conv = conv.to(device=scale.device, dtype=scale.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(scale.view(-1, 1, 1, 1))
-        conv.bias.copy_(shift)
-    return conv
 
 
 def fold_batchrenorm(conv: nn.Conv2d, norm: BatchReNorm2d | BatchReCentering2d) -> nn.Conv2d:
