@@ -164,6 +164,7 @@ def test_an_exported_file_given_for_a_checkpoint_points_to_verify(command, tmp_p
         ("certify", "{NAME|CHECKPOINT}"),
         ("export", "{NAME|CHECKPOINT}"),
         ("verify", "{ARTIFACT}"),
+        ("report", "{NAME|CHECKPOINT|ARTIFACT}"),
         ("serve", "{ARTIFACT|CHECKPOINT|NAME}"),
         ("ship", "{NAME} {RUN_DIR}"),
         ("bench", "[NAME]"),

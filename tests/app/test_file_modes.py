@@ -46,12 +46,13 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path, umask):
 
 
 @pytest.mark.slow
-def test_train_and_export_write_every_file_under_the_umask(tmp_path, umask, one_torch_thread):
-    run, exported = tmp_path / "run", tmp_path / "export"
+def test_train_export_and_report_write_every_file_under_the_umask(tmp_path, umask, one_torch_thread):
+    run, exported, cards = tmp_path / "run", tmp_path / "export", tmp_path / "cards"
     formats = ["--onnx", "--torchscript", "--pt2", "--triton"]
     commands = [
         ["train", "lipconv_s.digits_hkr", "--epochs", "1", "--out", str(run), "--no-progress"],
         ["export", str(run / "model.safetensors"), *formats, "--out", str(exported), "--no-progress"],
+        ["report", str(run / "model.safetensors"), "--out", str(cards)],
     ]
     for command in commands:
         result = runner.invoke(app, command, catch_exceptions=False)
@@ -59,7 +60,7 @@ def test_train_and_export_write_every_file_under_the_umask(tmp_path, umask, one_
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     names = {p.name for p in files}
     expected = {"model.safetensors", "metrics.json", "train_state.pt", "model.onnx", "model.ts.pt"}
-    assert expected | {"model.pt2", "config.pbtxt", "model.pt"} <= names, names
+    assert expected | {"model.pt2", "config.pbtxt", "model.pt", "model.safetensors.md"} <= names, names
     assert {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files if _mode(p) != 0o666 & ~umask} == {}
     directories = [p for p in tmp_path.rglob("*") if p.is_dir()]
     assert all(_mode(p) == 0o777 & ~umask for p in directories), [(p, oct(_mode(p))) for p in directories]

@@ -7,3 +7,7 @@ This is the only part of the project that imports both ``training`` and ``export
 needs a different optional extra (``train``, ``export``, ``serve``, ``report``): a missing extra is a
 one-line error naming it, not an ImportError at ``zoo --help``.
 """
+
+EXPORTED_SUFFIXES = (".onnx", ".pt", ".pt2")
+"""Suffixes of the files ``zoo export`` writes (ONNX, TorchScript, torch.export), which ``zoo verify``
+and ``zoo report`` read and ``zoo certify`` / ``zoo export`` refuse as checkpoints."""

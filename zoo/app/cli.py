@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from zoo.app import EXPORTED_SUFFIXES
 from zoo.app.tables import compact_table, print_heading, print_table
 from zoo.certificate import Certificate, LayerBound
 from zoo.checkpoint import CheckpointError
@@ -332,7 +333,6 @@ def train(
 
 
 EXPECT_SHA256_HELP = "refuse the file unless its sha256 is this (pin a file obtained elsewhere)"
-EXPORTED_SUFFIXES = (".onnx", ".pt", ".pt2")
 
 
 def _load_or_exit(source: str, command: str, expected_sha256: str | None = None) -> CertifiedModel:
@@ -548,21 +548,33 @@ def ship(
 @app.command()
 @_needs_extra("report")
 def report(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="model name from models.yaml (with weights)")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME|CHECKPOINT|ARTIFACT",
+            help="a models.yaml name with weights, a checkpoint, or an exported file (.onnx, .pt, .pt2)",
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="output directory of the model card")] = Path("cards"),
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="test set of a checkpoint or file (default: the dataset its certificate records)"),
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    progress: Annotated[bool, typer.Option(help="draw an exported file's verification progress")] = True,
 ) -> None:
-    """Write a model card: Markdown with certified accuracy against eps and per-layer bounds plots."""
-    from training.data import load_dataset
-    from training.trainer import evaluation_split
-    from zoo.app.report import write_model_card
+    """Write a model card: Markdown with certified accuracy against eps and per-layer bounds plots.
 
+    The radii of an exported file use the bound recomputed from the file (as zoo verify does)."""
+    from export.verify import VerificationError
+    from zoo.app.report import evaluation_set, resolve_card_source, write_model_card
+
+    with _user_errors(VerificationError), _op_progress(progress, f"verifying {Path(source).name}") as on_op:
+        card = resolve_card_source(source, dataset, on_op)
     with _user_errors():
-        entry = get_entry(name)
-        certified = load(name)
-        x_test, y_test = evaluation_split(entry, load_dataset(entry.recipe.dataset, data_dir))
-        card = write_model_card(entry, certified, x_test, y_test, out)
-    console.print(f"model card: {card}")
+        x_test, y_test = evaluation_set(card, data_dir)
+        path = write_model_card(card, x_test, y_test, out)
+    console.print(f"model card: {path}", highlight=False, soft_wrap=True)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
