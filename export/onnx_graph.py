@@ -1,23 +1,26 @@
 """Sound Lipschitz bound of an ONNX graph, from the graph and its initializers alone.
 
-:func:`graph_bound` fixes the input shape (a dynamic batch axis is analysed at 2 examples, so that an
-op mixing examples is caught), infers every tensor's shape with ``onnx.shape_inference``, then walks
-the nodes in their (topological) order. It keeps, for every tensor, its value when it is a constant
-and its :class:`~export.propagation.Signal` when it depends on the input (see
-:mod:`export.propagation` for that bookkeeping and why its bounds are sound):
+:func:`graph_bound` drops the nodes no output depends on, spells onnxruntime's fused ops out, fixes
+the input shape (a dynamic batch axis is walked at 2, 5 and 1 examples: see there), infers every
+tensor's shape with ``onnx.shape_inference``, then walks the nodes in their (topological) order. It
+keeps, for every tensor, its value when it is a constant and its :class:`~export.propagation.Signal`
+when it depends on the input (see :mod:`export.propagation` for that bookkeeping and why its bounds
+are sound):
 
-* a node with no input-dependent input is evaluated with ``onnx.reference`` (constant folding);
+* a node of constants is evaluated with ``onnx.reference`` when its op is :data:`FOLDABLE`
+  (constant folding), and refused otherwise;
+* a Shape node gives the example dimensions as constants and the batch size as a marked value
+  (:class:`BatchSized`) that may only be moved, and only kept as the batch entry of a target shape;
 * an op of :data:`REINDEXING` only moves values: it is evaluated on the index arrays themselves;
 * any other op needs a rule in :data:`RULES`, whose docstring's first line says why it is sound;
   an op without one is an :class:`UnsupportedOpError` naming it, never skipped.
 
 Assumptions: the graph has one input-dependent input (initializers are constants, also when listed
 as graph inputs), its first axis is the batch axis and its other dimensions are fixed (a bound
-depends on the input size); the default-domain opset is >= 13. Not supported, among others: using the
-batch size read by a Shape node as a value, products and quotients of two
-input-dependent tensors (not globally Lipschitz), 3-D convolutions, normalisations
-other than inference-mode BatchNormalization, Softmax, control flow (If, Loop), ConvTranspose with
-auto_pad or output_shape.
+depends on the input size); the default-domain opset is >= 11. Not supported, among others: control
+flow (If, Loop), random ops, using the batch size as a value, products and quotients of two
+input-dependent tensors (not globally Lipschitz), normalisations other than inference-mode
+BatchNormalization, ConvTranspose with auto_pad or output_shape.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.inliner
+import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from export.propagation import (
+    GainCache,
     GraphBound,
     Progress,
     Signal,
@@ -47,21 +52,24 @@ from export.propagation import (
     UnsupportedOpError,
     VerificationError,
 )
-from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, matrix_norm_bound
+from zoo.bounds import LinearMap, conv_bound, conv_transpose_bound, kronecker_norm_bound, matrix_norm_bound
 from zoo.bounds import elementwise as slopes
+from zoo.bounds.elementwise import OutOfDomainError
 from zoo.bounds.pooling import (
     Windows,
     average_pool_gain,
+    log_softmax_gain,
     lp_pool_gain,
     max_pool_gain,
     reduction_gain,
+    softmax_gain,
     window_spread,
 )
 from zoo.certificate import LayerBound
 
 __all__ = ["MIN_OPSET", "REINDEXING", "RULES", "SCALAR_MAPS", "GraphBound", "graph_bound"]
 
-MIN_OPSET = 13
+MIN_OPSET = 11
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
 
@@ -73,19 +81,21 @@ class NotLipschitz:
     what: str
 
 
-@dataclass(frozen=True)
-class BatchShape:
-    """The output of a Shape node that includes the batch axis: ``dims`` is the analysed shape, whose
-    first entry (the batch size) is not a constant of the graph. Only ops that select entries may
-    read it, and only to pick example dimensions (:func:`_select_from_shape`)."""
+@dataclass(frozen=True, eq=False)
+class BatchSized:
+    """An integer tensor read from a Shape node whose entries ``marks`` are the batch size itself:
+    ``values`` holds them at the analysed batch size, the other entries are example dimensions
+    (constants: the input size is fixed).
 
-    dims: np.ndarray
-    what = "a shape that includes the batch size"
+    Only ops that move entries may read it (:data:`SHAPE_MOVES`, evaluated on the values and on the
+    positions of the marks alike), so a result without marks is a constant whatever the batch size;
+    one with marks may only become the leading entry of a Reshape's target shape, where it keeps
+    the batch axis (how torch spells ``x.view(x.size(0), -1)``). Computing with the batch size is
+    refused: the graph would be another function at another batch size."""
 
-    def with_batch(self, batch: int) -> np.ndarray:
-        dims = self.dims.copy()
-        dims[0] = batch
-        return dims
+    values: np.ndarray
+    marks: np.ndarray
+    what = "a value computed from the batch size read by a Shape node"
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ class Comparison:
     what = "a comparison of input-dependent values"
 
 
-Value = np.ndarray | Signal | Squares | SignOfSquares | NotLipschitz | BatchShape | Comparison | None
+Value = np.ndarray | Signal | Squares | SignOfSquares | NotLipschitz | BatchSized | Comparison | None
 
 REINDEXING = frozenset(
     {
@@ -128,19 +138,50 @@ the copies, which the signal's bound counts). All but Reshape may move the batch
 
 @dataclass
 class _Walk:
-    """State of one walk: the graph, the inferred shapes and the tracker."""
+    """State of one walk: the graph, the inferred shapes, the tracker, and the node being walked
+    with its input values."""
 
     model: onnx.ModelProto
     shapes: dict[str, tuple[int, ...]]
     tracker: Tracker
+    dtype: np.dtype
+    node: onnx.NodeProto | None = None
+    inputs: list[Value] | None = None
+
+    @property
+    def opset(self) -> int:
+        """The graph's default-domain opset."""
+        return next(o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx"))
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor ``name``: inferred for the whole graph, or else (a shape that depends
+        on values shape inference does not follow, such as a Reshape's target built from a Shape
+        node) by evaluating the current node on zeros of its inputs' shapes."""
+        if name not in self.shapes:
+            self.shapes.update(self._evaluated_shapes())
         if name not in self.shapes:
             raise VerificationError(f"the shape of tensor {name!r} could not be inferred")
         return self.shapes[name]
 
-    def evaluate(self, node: onnx.NodeProto, feeds: list[np.ndarray | None]) -> list[np.ndarray]:
-        """Run ``node`` alone with ``onnx.reference`` on ``feeds`` (None for an absent input)."""
+    def _evaluated_shapes(self) -> dict[str, tuple[int, ...]]:
+        feeds = []
+        for value in self.inputs:
+            if isinstance(value, Signal | Squares):
+                feeds.append(np.zeros(value.shape, self.dtype))
+            elif isinstance(value, BatchSized):
+                feeds.append(value.values)
+            elif value is None or isinstance(value, np.ndarray):
+                feeds.append(value)
+            else:
+                return {}
+        outputs = self.evaluate(self.node, feeds)
+        return {name: output.shape for name, output in zip(self.node.output, outputs, strict=False) if name}
+
+    def evaluate(
+        self, node: onnx.NodeProto, feeds: list[np.ndarray | None], runtime: bool = False
+    ) -> list[np.ndarray]:
+        """Run ``node`` alone on ``feeds`` (None for an absent input) with ``onnx.reference``, the
+        specification's own implementation, or with onnxruntime's CPU kernels when ``runtime``."""
         names = [f"x{i}" if feed is not None else "" for i, feed in enumerate(feeds)]
         single = helper.make_node(
             node.op_type, names, [f"y{i}" for i in range(len(node.output))], domain=node.domain
@@ -156,12 +197,16 @@ class _Walk:
         model = helper.make_model(
             graph, opset_imports=self.model.opset_import, ir_version=self.model.ir_version
         )
+        given = {name: feed for name, feed in zip(names, feeds, strict=True) if name}
         try:
-            results = ReferenceEvaluator(model).run(
-                None, {name: feed for name, feed in zip(names, feeds, strict=True) if name}
-            )
+            if runtime:
+                session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+                results = session.run(None, given)
+            else:
+                results = ReferenceEvaluator(model).run(None, given)
         except Exception as error:  # the reference implementation raises many kinds
-            raise VerificationError(f"cannot evaluate it with onnx.reference: {error}") from error
+            where = "onnxruntime" if runtime else "onnx.reference"
+            raise VerificationError(f"cannot evaluate it with {where}: {error}") from error
         return [np.asarray(result) for result in results]
 
 
@@ -195,7 +240,7 @@ def _data(inputs: list[Value], position: int = 0, squares: bool = False) -> Sign
 
 def _floor(inputs: list[Value], squares: Squares, position: int) -> list[Value]:
     """A max of squares with the constant input ``position`` (>= 0): a floor (Squares.floored)."""
-    floor = _constant(inputs, position, "floor")
+    floor = _constant(inputs, position, "floor of squares")
     if floor is None or not np.all(floor >= 0):
         raise UnsupportedOpError("only a floor >= 0 of squares is supported (before their square root)")
     return [squares.with_floor()]
@@ -212,26 +257,51 @@ def _axis(axis: int, rank: int) -> int:
 # --- ops that only move values ---------------------------------------------------------------
 
 
+def _finite_constant(inputs: list[Value], position: int, what: str) -> np.ndarray:
+    """A constant input that reaches the output with input-dependent values: NaN or infinite
+    entries would make the outputs' differences NaN, which no bound covers."""
+    value = _constant(inputs, position, what)
+    if value is None:
+        raise UnsupportedOpError(f"its {what} (input {position}) is missing")
+    if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+        raise UnsupportedOpError(f"its {what} (input {position}) holds NaN or infinite values")
+    return value
+
+
 def _reindex(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
-    """Moves values only: evaluated on the index arrays, so exact, copies included."""
+    """Moves values only: evaluated on the index arrays, so exact, copies included. A Reshape may
+    take its batch entry from a Shape node (BatchSized), which keeps the batch axis."""
     data_positions = {"Concat": range(len(inputs)), "Where": (1, 2)}.get(node.op_type, (0,))
-    feeds = []
+    reshape = node.op_type == "Reshape"
+    feeds, batch_target = [], None
     for position, value in enumerate(inputs):
         if position in data_positions and isinstance(value, Signal):
             feeds.append(value.index)
         elif position in data_positions:
-            feeds.append(np.full(_constant(inputs, position, "data").shape, -1, np.int64))
+            feeds.append(np.full(_finite_constant(inputs, position, "data").shape, -1, np.int64))
+        elif reshape and position == 1 and isinstance(value, BatchSized):
+            feeds.append(value.values)
+            batch_target = value
         else:
             feeds.append(_constant(inputs, position, "shape, index or condition argument"))
     moved = [value for value in inputs if isinstance(value, Signal)]
-    reshape = node.op_type == "Reshape"
     if reshape and any(signal.batch_axis != 0 for signal in moved):
         raise UnsupportedOpError("it reshapes a tensor whose batch axis is not first")
-    if reshape and walk.tracker.batch > 1:
+    if batch_target is not None:
+        marks = batch_target.marks.ravel()
+        if not marks[0] or marks[1:].any():
+            raise UnsupportedOpError(
+                "its target shape holds the batch size elsewhere than in its first entry"
+            )
+    elif reshape and walk.tracker.batch > 1:
         first = int(feeds[1][0])
         if not (first == -1 or (first == 0 and not _attributes(node).get("allowzero", 0))):
             raise UnsupportedOpError(f"it reshapes to a fixed batch size ({first})")
     if node.op_type == "Pad":
+        if len(inputs) > 2 and inputs[2] is not None:
+            _finite_constant(inputs, 2, "padding value")
+        if not math.isfinite(_attributes(node).get("value", 0.0)):
+            raise UnsupportedOpError("its padding value is NaN or infinite")
         feeds = [*feeds[:2], np.array(-1, np.int64), *feeds[3:]]  # constant entries are marked -1
     return [
         walk.tracker.reindexed(index, moved, batch_moves=not reshape) for index in walk.evaluate(node, feeds)
@@ -239,31 +309,66 @@ def _reindex(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Val
 
 
 def _shape(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
-    """Shape reads no value: the example dimensions are constants (the input size is fixed); a shape
-    that includes the batch axis is a BatchShape, whose batch entry may not be used."""
-    x, attributes = _data(inputs), _attributes(node)
+    """Shape reads no value: the example dimensions are constants (the input size is fixed), the
+    batch size is marked (BatchSized)."""
+    x, attributes = inputs[0], _attributes(node)
+    if not isinstance(x, Signal):
+        raise UnsupportedOpError("it reads the shape of squares of input-dependent values")
     axes = list(range(x.index.ndim))[attributes.get("start", 0) : attributes.get("end")]
     dims = np.array([x.shape[axis] for axis in axes], dtype=np.int64)
-    return [BatchShape(dims) if axes and axes[0] == 0 else dims]
+    marks = np.array([axis == x.batch_axis for axis in axes], dtype=bool)
+    return [BatchSized(dims, marks) if marks.any() else dims]
 
 
-SHAPE_SELECTIONS = frozenset({"Concat", "Gather", "Identity", "Slice", "Squeeze", "Unsqueeze"})
-"""Ops that may read a BatchShape: they select entries, so an output that is the same for two batch
-sizes does not contain the batch entry."""
+SHAPE_MOVES = {
+    "Concat": "all",
+    "Gather": (0,),
+    "Identity": (0,),
+    "Slice": (0,),
+    "Squeeze": (0,),
+    "Unsqueeze": (0,),
+    "Reshape": (0,),
+    "Cast": (0,),
+}
+"""Ops that may read a BatchSized value, and the inputs where they may (the others must be
+constants): they only move entries (Cast: between integer types)."""
+
+_INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 
 
-def _select_from_shape(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
-    """A selection from a shape that includes the batch axis is a constant when it is the same for
-    two batch sizes (it then holds example dimensions only); using the batch size itself is refused."""
-    if node.op_type not in SHAPE_SELECTIONS:
-        raise UnsupportedOpError("it computes with a shape that includes the batch size")
-    runs = [
-        walk.evaluate(node, [v.with_batch(batch) if isinstance(v, BatchShape) else v for v in inputs])
-        for batch in (2, 3)
+def _batch_sized(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """An op of :data:`SHAPE_MOVES` on BatchSized values: evaluated on the values, and on the positions
+    of their entries (-1 for constants) to carry the marks; the batch size in any other input, or
+    in any other op, is refused."""
+    data = SHAPE_MOVES.get(node.op_type)
+    positions = range(len(inputs)) if data == "all" else (data or ())
+    if data is None or any(isinstance(v, BatchSized) and i not in positions for i, v in enumerate(inputs)):
+        raise UnsupportedOpError("it computes with the batch size read by a Shape node")
+    if node.op_type == "Cast" and _attributes(node).get("to") not in _INTEGER_TYPES:
+        raise UnsupportedOpError("it casts the batch size read by a Shape node to a non-integer type")
+    values = [
+        v.values if isinstance(v, BatchSized) else _constant(inputs, i, "argument")
+        for i, v in enumerate(inputs)
     ]
-    if any(not np.array_equal(a, b) for a, b in zip(*runs, strict=True)):
-        raise UnsupportedOpError("it uses the batch size read by a Shape node as a value")
-    return runs[0]
+    positions_fed, marks, offset = [], [], 0
+    for i, value in enumerate(inputs):
+        if isinstance(value, BatchSized):
+            positions_fed.append(np.arange(offset, offset + value.values.size).reshape(value.values.shape))
+            marks.append(value.marks.ravel())
+            offset += value.values.size
+        elif i in positions and value is not None:
+            positions_fed.append(np.full(value.shape, -1, np.int64))
+        else:
+            positions_fed.append(value)
+    cast = node.op_type == "Cast"  # moves nothing
+    moved_positions = [positions_fed[0]] if cast else walk.evaluate(node, positions_fed)
+    marked = np.concatenate(marks)
+    results = []
+    for result, moved in zip(walk.evaluate(node, values), moved_positions, strict=True):
+        out_marks = np.zeros(moved.shape, dtype=bool)
+        out_marks[moved >= 0] = marked[moved[moved >= 0]]
+        results.append(BatchSized(result, out_marks) if out_marks.any() else result)
+    return results
 
 
 def _where(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -449,10 +554,9 @@ def _product(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Val
     data, constant = (a, b) if isinstance(a, Signal) else (b, a)
     factors = constant.astype(np.float64)
     if node.op_type == "Div":
-        with np.errstate(divide="ignore"):
-            factors = 1.0 / factors
-    if not np.all(np.isfinite(factors)):
-        raise UnsupportedOpError("it divides by zero")
+        if np.any(factors == 0):
+            raise UnsupportedOpError("it divides by zero")
+        factors = 1.0 / factors
     shape = walk.shape(node.output[0])
     return [walk.tracker.scaled(walk.tracker.broadcast(data, shape), factors, shape)]
 
@@ -531,8 +635,8 @@ def _zero_padded(
 
 def _spatial(x: Signal) -> tuple[int, ...]:
     spatial = x.shape[2:]
-    if len(spatial) not in (1, 2):
-        raise UnsupportedOpError(f"{len(spatial)} spatial dimensions (the bound engine handles 1 or 2)")
+    if len(spatial) not in (1, 2, 3):
+        raise UnsupportedOpError(f"{len(spatial)} spatial dimensions (the bound engine handles 1 to 3)")
     return spatial
 
 
@@ -557,7 +661,8 @@ def _conv(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]
     dilation = tuple(attributes.get("dilations", [1] * len(spatial)))
     groups = attributes.get("group", 1)
     weight = torch.tensor(weight)
-    gain = conv_bound(
+    gain = walk.tracker.gain(
+        conv_bound,
         weight,
         input_size=input_size,
         stride=stride,
@@ -593,7 +698,8 @@ def _conv_transpose(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> l
         output_padding=tuple(attributes.get("output_padding", [0] * rank)) if symmetric else (0,) * rank,
         groups=attributes.get("group", 1),
     )
-    gain = conv_transpose_bound(
+    gain = walk.tracker.gain(
+        conv_transpose_bound,
         weight,
         input_size=spatial,
         stride=layer.stride,
@@ -605,9 +711,9 @@ def _conv_transpose(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> l
     return [walk.tracker.linear(x, gain, walk.shape(node.output[0]), layer if symmetric else None)]
 
 
-def _matrix_gain(matrix: np.ndarray) -> float:
+def _matrix_gain(walk: _Walk, matrix: np.ndarray) -> float:
     """matrix_norm_bound of a (out, in) matrix, the orientation of torch's Linear weight."""
-    return matrix_norm_bound(torch.tensor(matrix))
+    return walk.tracker.gain(matrix_norm_bound, torch.tensor(matrix))
 
 
 def _gemm(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -620,7 +726,7 @@ def _gemm(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]
         raise UnsupportedOpError("transA=1 would contract the batch axis")
     matrix = attributes.get("alpha", 1.0) * (weight if attributes.get("transB", 0) else weight.T)
     layer = LinearMap(torch.tensor(matrix))
-    return [walk.tracker.linear(x, _matrix_gain(matrix), walk.shape(node.output[0]), layer)]
+    return [walk.tracker.linear(x, _matrix_gain(walk, matrix), walk.shape(node.output[0]), layer)]
 
 
 def _matmul(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
@@ -640,7 +746,7 @@ def _matmul(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
             raise UnsupportedOpError("W @ x on a 2-D x would contract the batch axis")
     rows = isinstance(a, Signal) and weight.ndim == 2 and x.index.ndim == 2  # x @ W, one row per example
     layer = LinearMap(torch.tensor(matrix)) if rows else None
-    return [walk.tracker.linear(x, _matrix_gain(matrix), walk.shape(node.output[0]), layer)]
+    return [walk.tracker.linear(x, _matrix_gain(walk, matrix), walk.shape(node.output[0]), layer)]
 
 
 def _windows(
@@ -674,7 +780,7 @@ def _average_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> lis
         # asymmetric zero padding: the pool of the padded input, with no padding of its own
         size, _ = _zero_padded(windows.size, pads)
         windows = dataclasses.replace(windows, size=size, pad=(0,) * len(size))
-    gain = average_pool_gain(windows, include_pad)
+    gain = walk.tracker.gain(average_pool_gain, windows, include_pad)
     return [walk.tracker.transformed(x, gain, out_shape)]
 
 
@@ -694,10 +800,10 @@ def _window_pool(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list
     return outputs
 
 
+_GROUP_RANKS = {"ReduceMax": -1, "GlobalMaxPool": -1, "ReduceMin": 0}
+"""Reductions that keep one rank of each sorted group (Tracker.group_rank)."""
+
 _GROUP_GAINS: dict[str, Callable[[int, dict[str, Any]], float]] = {
-    "ReduceMax": lambda n, attributes: reduction_gain("max", n),
-    "GlobalMaxPool": lambda n, attributes: reduction_gain("max", n),
-    "ReduceMin": lambda n, attributes: reduction_gain("min", n),
     "ReduceLogSumExp": lambda n, attributes: reduction_gain("logsumexp", n),
     "ReduceL2": lambda n, attributes: reduction_gain("norm", n, 2),
     "ReduceL1": lambda n, attributes: reduction_gain("norm", n, 1),
@@ -733,9 +839,77 @@ def _reduce(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Valu
     if isinstance(x, Squares):
         return [x.combined(_SQUARES_SPREADS[node.op_type](count), walk.shape(node.output[0]))]
     shape = walk.shape(node.output[0])
+    if node.op_type in _GROUP_RANKS:
+        return [walk.tracker.group_rank(x, axes, shape, _GROUP_RANKS[node.op_type])]
     if node.op_type in _GROUP_GAINS:
         return [walk.tracker.transformed(x, _GROUP_GAINS[node.op_type](count, attributes), shape)]
     return [walk.tracker.reduced(x, axes, shape, mean=node.op_type != "ReduceSum")]
+
+
+def _softmax(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Softmax / LogSoftmax of each group along ``axis`` (from opset 13), or along all the axes from
+    ``axis`` on (before, as a 2-D input): softmax_gain / log_softmax_gain of the group size."""
+    x, attributes = _data(inputs), _attributes(node)
+    rank = len(x.shape)
+    if walk.opset >= 13:
+        axes = [_axis(attributes.get("axis", -1), rank)]
+    else:
+        axes = list(range(_axis(attributes.get("axis", 1), rank), rank))
+    count = math.prod(x.shape[a] for a in axes)
+    gain = softmax_gain() if node.op_type == "Softmax" else log_softmax_gain(count)
+    return [walk.tracker.transformed(x, gain, x.shape)]
+
+
+def _resize(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Resize (nearest, linear, cubic) interpolates along each spatial axis alone: on each channel
+    it is the Kronecker product of one matrix per axis, whose norm is the product of theirs
+    (kronecker_norm_bound). Each matrix is the node's own response to one-hot inputs along its axis,
+    evaluated with the node's attributes by onnx.reference and by onnxruntime (the larger bound)."""
+    x, attributes = _data(inputs), _attributes(node)
+    if attributes.get("coordinate_transformation_mode") == "tf_crop_and_resize" or "axes" in attributes:
+        raise UnsupportedOpError("tf_crop_and_resize and the axes attribute are not supported")
+    if attributes.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedOpError("only keep_aspect_ratio_policy='stretch' is supported")
+    roi, scales, sizes = (_constant(inputs, i, what) for i, what in ((1, "roi"), (2, "scales"), (3, "sizes")))
+    out_shape = walk.shape(node.output[0])
+    if scales is not None and scales.size:
+        resized = [axis for axis, scale in enumerate(scales) if scale != 1]
+    else:
+        resized = [axis for axis, (n, size) in enumerate(zip(x.shape, sizes, strict=True)) if n != size]
+    if any(axis < 2 for axis in resized):
+        raise UnsupportedOpError("it resizes the batch or the channel axis")
+    empty = np.array([], np.float32)
+    factors: dict[bool, list[np.ndarray]] = {False: [], True: []}
+    for axis in range(2, len(x.shape)):
+        n = x.shape[axis]
+        basis = np.eye(n, dtype=np.float32).reshape(
+            n, *[n if a == axis else 1 for a in range(1, len(x.shape))]
+        )
+        # the basis along this axis only: scale 1 (size 1) on the others, which is the identity
+        feeds: list[np.ndarray | None] = [basis, empty if roi is None else roi]
+        if scales is not None and scales.size:
+            feeds.append(np.array([scales[a] if a == axis else 1.0 for a in range(len(x.shape))], np.float32))
+        else:
+            sizes_along = [n if a == 0 else (out_shape[a] if a == axis else 1) for a in range(len(x.shape))]
+            feeds += [empty if walk.opset < 13 else None, np.array(sizes_along, np.int64)]
+        for runtime in factors:
+            (response,) = walk.evaluate(node, feeds, runtime=runtime)
+            if response.shape[axis] != out_shape[axis]:
+                raise UnsupportedOpError(f"its response along axis {axis} does not have the output's size")
+            factors[runtime].append(response.reshape(n, -1).T)
+    # onnx.reference and onnxruntime disagree on some resizes (align_corners with a fractional
+    # scale): the larger norm bounds both
+    gain = max(walk.tracker.gain(kronecker_norm_bound, responses) for responses in factors.values())
+    return [walk.tracker.transformed(x, gain, out_shape)]
+
+
+def _dropout(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """Dropout in inference mode (no training_mode input, or a constant false one) is the identity;
+    in training mode it is random."""
+    training = _constant(inputs, 2, "training_mode")
+    if training is not None and bool(np.asarray(training)):
+        raise UnsupportedOpError("training-mode dropout is random")
+    return [_data(inputs), NotLipschitz(f"the mask output of Dropout node {node.name!r}")]
 
 
 SQUARES_OPS = frozenset(
@@ -765,7 +939,13 @@ RULES: dict[str, Rule] = {
     "MatMul": _matmul,
     "AveragePool": _average_pool,
     **dict.fromkeys(("MaxPool", "LpPool"), _window_pool),
-    **dict.fromkeys((*_SQUARES_SPREADS, *_GROUP_GAINS), _reduce),
+    **dict.fromkeys((*_SQUARES_SPREADS, *_GROUP_GAINS, *_GROUP_RANKS), _reduce),
+    **dict.fromkeys(("Softmax", "LogSoftmax"), _softmax),
+    "Resize": _resize,
+    "Dropout": _dropout,
+    "Size": lambda walk, node, inputs: [
+        NotLipschitz("the number of entries, which grows with the batch size")
+    ],
 }
 """ONNX op type (default domain) -> rule computing the values of the node's outputs."""
 
@@ -773,18 +953,138 @@ RULES: dict[str, Rule] = {
 # --- the walk -----------------------------------------------------------------------------------
 
 
+FOLDABLE = frozenset(
+    {"Identity", "Constant", "ConstantOfShape", "Shape", "Size", "Reshape", "Flatten", "Squeeze"}
+    | {"Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND"}
+    | {"Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth", "Range", "Cast", "CastLike", "Where"}
+    | {"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Sqrt", "Reciprocal", "Min", "Max", "Clip", "Relu"}
+    | {"Floor", "Ceil", "Round", "Sign", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
+    | {"Not", "And", "Or", "Xor", "IsNaN", "IsInf", "ReduceMax", "ReduceMin", "ArgMax", "ArgMin"}
+)
+"""Ops whose nodes of constants are evaluated (with ``onnx.reference``) into constants: they move
+values, compare them, or compute correctly rounded IEEE arithmetic, so every conforming runtime gets
+the same bits. Float ops whose rounding is the runtime's own (Exp, Pow, MatMul, sums...) are folded
+on integer inputs only (:data:`FOLDABLE_ON_INTEGERS`); random ops and control flow never."""
+
+FOLDABLE_ON_INTEGERS = frozenset({"Pow", "Mod", "ReduceSum", "ReduceProd", "CumSum", "MatMul"})
+
+
+def _fold(walk: _Walk, node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> list[Value]:
+    """The outputs of a node of constants (:data:`FOLDABLE`), or a refusal: a value the verifier
+    cannot prove to be what every runtime computes is not a constant it may use."""
+    default_domain = node.domain in ("", "ai.onnx")
+    integers = all(value is None or value.dtype.kind in "biu" for value in inputs)
+    if not default_domain or not (
+        node.op_type in FOLDABLE or (node.op_type in FOLDABLE_ON_INTEGERS and integers)
+    ):
+        domain = "" if default_domain else f"{node.domain}::"
+        raise UnsupportedOpError(
+            f"its constant inputs would be computed by {domain}{node.op_type}, whose result the verifier "
+            "cannot prove to be the runtime's (random, control flow, or float rounding that runtimes "
+            "choose): fold the constants before exporting"
+        )
+    return walk.evaluate(node, inputs)
+
+
+def _live_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes an output of the graph depends on, in their order: the others compute nothing the
+    graph returns (a runtime may skip them), so they are not bounded."""
+    needed = {output.name for output in graph.output}
+    live = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            live.append(node)
+            needed.update(filter(None, node.input))
+    return live[::-1]
+
+
+_FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
+"""onnxruntime's fused ops (domain com.microsoft) -> the op they apply before their activation."""
+
+
+def _unfused(node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """An onnxruntime FusedConv / FusedGemm node as the standard nodes it computes: ``activation(Conv(X,
+    W, B))`` (or Gemm), with the activation's parameters from ``activation_params`` (FusedConv) or
+    ``activation_alpha`` / ``activation_beta`` (FusedGemm); constants it needs as initializers."""
+    attributes = _attributes(node)
+    if len([i for i in node.input if i]) > 3:
+        raise UnsupportedOpError(f"{node.op_type} node {node.name!r}: a fused sum input (Z) is not supported")
+    params = list(attributes.get("activation_params", []))
+    params = params or [attributes[k] for k in ("activation_alpha", "activation_beta") if k in attributes]
+    linear_attributes = [a for a in node.attribute if not a.name.startswith("activation")]
+    activation = attributes.get("activation")
+    hidden = f"{node.output[0]}__before_{activation or 'identity'}"
+    linear = helper.make_node(
+        _FUSED[node.op_type], node.input, [hidden] if activation else node.output, name=node.name
+    )
+    linear.attribute.extend(linear_attributes)
+    if activation is None:
+        return [linear], []
+    names = {"Relu": (), "Tanh": (), "Sigmoid": (), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta")}
+    if activation == "Clip":
+        bounds = [
+            numpy_helper.from_array(np.float32(v), f"{node.output[0]}__clip_{i}")
+            for i, v in enumerate(params)
+        ]
+        clip = helper.make_node(
+            "Clip", [hidden, *(b.name for b in bounds)], node.output, name=f"{node.name}/Clip"
+        )
+        return [linear, clip], bounds
+    if activation not in names:
+        raise UnsupportedOpError(
+            f"{node.op_type} node {node.name!r}: unsupported fused activation {activation}"
+        )
+    keyword = dict(zip(names[activation], params, strict=False))
+    return [
+        linear,
+        helper.make_node(activation, [hidden], node.output, name=f"{node.name}/{activation}", **keyword),
+    ], []
+
+
 def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its local functions inlined, onnxruntime's fused ops spelled out and the nodes no
+    output depends on removed; refused when its opset is too old, it has control flow (subgraphs) or
+    ops of another domain."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < MIN_OPSET:
         raise UnsupportedOpError(
             f"default-domain opset {opset} is not supported: convert the model to opset {MIN_OPSET} "
             "or later (onnx.version_converter)"
         )
-    return onnx.inliner.inline_local_functions(model) if model.functions else model
+    model = onnx.inliner.inline_local_functions(model) if model.functions else model
+    nodes, initializers = [], []
+    for node in _live_nodes(model.graph):
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise UnsupportedOpError(
+                f"{node.op_type} node {node.name!r}: control flow (subgraphs) is not supported: export the "
+                "model without data-dependent branches or loops"
+            )
+        if node.domain == "com.microsoft" and node.op_type in _FUSED:
+            unfused, constants = _unfused(node)
+            nodes.extend(unfused)
+            initializers.extend(constants)
+        elif node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(
+                f"{node.op_type} node {node.name!r}: unsupported op {node.domain}::{node.op_type}"
+            )
+        else:
+            nodes.append(node)
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    del prepared.graph.node[:]
+    prepared.graph.node.extend(nodes)
+    prepared.graph.initializer.extend(initializers)
+    return prepared
 
 
-def _input(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> tuple[str, int, tuple[int, ...]]:
-    """Name, analysed batch size and example shape of the graph's one input-dependent input."""
+BATCH_SIZES = (2, 5, 1)
+"""The batch sizes a graph with a dynamic batch axis is analysed at (see :func:`graph_bound`)."""
+
+
+def _input(
+    graph: onnx.GraphProto, constants: dict[str, np.ndarray]
+) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """Name, analysed batch sizes and example shape of the graph's one input-dependent input."""
     inputs = [i for i in graph.input if i.name not in constants]
     if len(inputs) != 1:
         raise UnsupportedOpError(f"the graph must have one input, it has {[i.name for i in inputs]}")
@@ -798,14 +1098,18 @@ def _input(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> tuple[st
             f"input {value_info.name!r} has a fixed batch of {dims[0].dim_value}: export it with a "
             "dynamic batch or a batch of 1"
         )
-    batch = 1 if fixed_batch else 2
     example = tuple(d.dim_value for d in dims[1:])
-    if not all(example):
+    if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:]):
         raise UnsupportedOpError(
             f"input {value_info.name!r} has dynamic dimensions {list(dims)[1:]}: a Lipschitz bound "
             "depends on the input size, export with a fixed size"
         )
-    return value_info.name, batch, example
+    return value_info.name, (1,) if fixed_batch else BATCH_SIZES, example
+
+
+def _input_dtype(graph: onnx.GraphProto, name: str) -> np.dtype:
+    (value_info,) = [i for i in graph.input if i.name == name]
+    return helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type)
 
 
 def _inferred_shapes(model: onnx.ModelProto, name: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -843,11 +1147,19 @@ def _layer_name(node: onnx.NodeProto) -> str:
 
 
 def _node_outputs(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> list[Value]:
+    """The values of a node's outputs. Default-deny: only numpy arrays are constants (folded by
+    :func:`_fold`); every other value reaches only the rules that accept it."""
     for name, value in zip(node.input, inputs, strict=True):
         if isinstance(value, NotLipschitz) or (isinstance(value, Comparison) and node.op_type != "Where"):
             raise UnsupportedOpError(f"its input {name!r} is {value.what}, not a Lipschitz function")
-    if any(isinstance(value, BatchShape) for value in inputs):
-        return _select_from_shape(walk, node, inputs)
+    _check_axes(node, inputs)
+    if any(isinstance(value, BatchSized) for value in inputs):
+        target = TARGET_SHAPES.get(node.op_type)
+        sized = [i for i, value in enumerate(inputs) if isinstance(value, BatchSized)]
+        if not (isinstance(inputs[0], Signal) and sized == [target] and _keeps_batch(inputs[target])):
+            return _batch_sized(walk, node, inputs)
+        if node.op_type != "Reshape":  # the batch entry of the target is the input's own: a constant here
+            inputs = [*inputs[:target], inputs[target].values, *inputs[target + 1 :]]
     if (
         any(isinstance(value, Squares | SignOfSquares) for value in inputs)
         and node.op_type not in SQUARES_OPS
@@ -856,14 +1168,58 @@ def _node_outputs(walk: _Walk, node: onnx.NodeProto, inputs: list[Value]) -> lis
             "it reads squares of input-dependent values: only their pooled square root is bounded"
         )
     if all(value is None or isinstance(value, np.ndarray) for value in inputs):
-        return walk.evaluate(node, inputs)
-    rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        return _fold(walk, node, inputs)
+    rule = RULES.get(node.op_type)
     if rule is None:
-        domain = f"{node.domain}::" if node.domain else ""
-        raise UnsupportedOpError(f"unsupported op {domain}{node.op_type}: no Lipschitz rule")
+        raise UnsupportedOpError(f"unsupported op {node.op_type}: no Lipschitz rule")
     if node.op_type not in REINDEXING:
         _require_batch_first(inputs, "it reads")
     return rule(walk, node, inputs)
+
+
+def _rank(value: Value) -> int | None:
+    if isinstance(value, Signal):
+        return value.index.ndim
+    if isinstance(value, Squares):
+        return len(value.shape)
+    if isinstance(value, np.ndarray):
+        return value.ndim
+    return value.values.ndim if isinstance(value, BatchSized) else None
+
+
+TARGET_SHAPES = {"Reshape": 1, "Resize": 3}
+"""Ops whose input (at this position) is a target shape, which may take its batch entry from a Shape
+node: that entry keeps the batch axis as it is."""
+
+
+def _keeps_batch(value: BatchSized) -> bool:
+    """Whether the batch size appears only as the first entry of ``value`` (a target shape)."""
+    marks = value.marks.ravel()
+    return value.marks.ndim == 1 and bool(marks[0]) and not marks[1:].any()
+
+
+def _check_axes(node: onnx.NodeProto, inputs: list[Value]) -> None:
+    """An ``axes`` list (attribute, or input 1 from opset 13 on) must name each axis once: runtimes
+    disagree on repeated axes, and a rule would count the axis twice."""
+    axes = _attributes(node).get("axes")
+    if axes is None and node.op_type != "Slice" and len(inputs) > 1 and isinstance(inputs[1], np.ndarray):
+        axes = (
+            inputs[1]
+            if node.op_type.startswith("Reduce") or node.op_type in ("Squeeze", "Unsqueeze")
+            else None
+        )
+    if node.op_type == "Slice" and len(inputs) > 3 and isinstance(inputs[3], np.ndarray):
+        axes = inputs[3]
+    rank = _rank(inputs[0]) if inputs else None
+    if axes is None or rank is None:
+        return
+    axes = [int(a) for a in np.asarray(axes).ravel()]
+    if node.op_type == "Unsqueeze":
+        rank += len(axes)
+    if any(not -rank <= a < rank for a in axes):
+        raise UnsupportedOpError(f"its axes {axes} are out of range for rank {rank}")
+    if len({a % rank for a in axes}) != len(axes):
+        raise UnsupportedOpError(f"its axes {axes} name one axis twice")
 
 
 def _require_batch_first(values: list[Value], what: str) -> None:
@@ -879,44 +1235,75 @@ def graph_bound(model: onnx.ModelProto, progress: Progress | None = None) -> Gra
     """Sound per-example bound of the L2 Lipschitz constant of ``model``'s outputs w.r.t. its input,
     reporting each node to ``progress`` first.
 
+    A graph with a dynamic batch axis is walked at each of :data:`BATCH_SIZES`: at 1, constants that
+    line up with the batch axis would broadcast one example to several rows; at 2 and 5, ops that mix
+    examples are seen. No value may compute with the batch size (BatchSized), so every op acts on
+    each example alike at every batch size; the bound is the largest of the walks.
+
     Raises:
         UnsupportedOpError: an op (or op configuration) without a sound rule, naming the node.
         VerificationError: a graph that cannot be analysed (shapes, batch axis, evaluation).
     """
     model = _prepared(model)
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    name, batches, example = _input(model.graph, constants)
+    gains = GainCache()
+    nodes = len(model.graph.node) * len(batches)
+    walks = []
+    for number, batch in enumerate(batches):
+
+        def report(done: int, op: str, number: int = number, batch: int = batch) -> None:
+            if progress is not None:
+                suffix = f" (batch {batch})" if len(batches) > 1 else ""
+                progress(number * len(model.graph.node) + done, nodes, f"{op}{suffix}")
+
+        walks.append(_walk(model, constants, name, (batch, *example), Tracker(batch, gains), report))
+    return max(walks, key=lambda walk: walk.lipschitz_bound)
+
+
+def _walk(
+    model: onnx.ModelProto,
+    constants: dict[str, np.ndarray],
+    name: str,
+    shape: tuple[int, ...],
+    tracker: Tracker,
+    report: Callable[[int, str], None],
+) -> GraphBound:
+    """The bound of the graph walked once, with the input ``name`` of ``shape`` (batch first)."""
     graph = model.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    name, batch, example = _input(graph, constants)
-    tracker = Tracker(batch)
-    walk = _Walk(model, _inferred_shapes(model, name, (batch, *example)), tracker)
-    values: dict[str, Value] = {**constants, name: tracker.source((batch, *example), 1.0)}
+    try:
+        walk = _Walk(model, _inferred_shapes(model, name, shape), tracker, _input_dtype(model.graph, name))
+    except VerificationError as error:
+        raise VerificationError(f"the graph does not run at batch size {shape[0]}: {error}") from error
+    values: dict[str, Value] = {**constants, name: tracker.source(shape, 1.0)}
     uses = Counter(i for node in graph.node for i in node.input) + Counter(o.name for o in graph.output)
     layers = []
     for done, node in enumerate(graph.node):
-        if progress is not None:
-            progress(done, len(graph.node), f"{node.op_type} {_layer_name(node)}")
+        report(done, f"{node.op_type} {_layer_name(node)}")
         inputs = [values[i] if i else None for i in node.input]
         try:
+            walk.node, walk.inputs = node, inputs
             outputs = _node_outputs(walk, node, inputs)
         except ValueError as error:  # VerificationError, or a bound engine's refusal
             kind = type(error) if isinstance(error, VerificationError) else VerificationError
-            raise kind(f"{node.op_type} node {node.name!r} ({_layer_name(node)}): {error}") from error
+            kind = UnsupportedOpError if isinstance(error, OutOfDomainError) else kind
+            at = f" at batch size {tracker.batch}" if tracker.batch != 1 else ""
+            raise kind(f"{node.op_type} node {node.name!r} ({_layer_name(node)}){at}: {error}") from error
         values.update((o, value) for o, value in zip(node.output, outputs, strict=False) if o)
         first = next((v for v in outputs if isinstance(v, Signal)), None)
         if first is not None and node.op_type not in REINDEXING:
-            shape = next(v.shape[1:] for v in inputs if isinstance(v, Signal | Squares))
-            layers.append(LayerBound(_layer_name(node), node.op_type, tracker.bound(first), shape))
+            shape_in = next(v.shape[1:] for v in inputs if isinstance(v, Signal | Squares))
+            layers.append(LayerBound(_layer_name(node), node.op_type, tracker.bound(first), shape_in))
         for i in filter(None, node.input):
             uses[i] -= 1
             if uses[i] == 0:
                 del values[i]
     results = [values[o.name] for o in graph.output]
     for output, result in zip(graph.output, results, strict=True):
-        if isinstance(result, NotLipschitz | BatchShape | Comparison):
-            raise UnsupportedOpError(f"graph output {output.name!r} is {result.what}")
-        if isinstance(result, Squares):
-            raise UnsupportedOpError(f"graph output {output.name!r} holds squares of input-dependent values")
+        if not isinstance(result, Signal | np.ndarray):
+            what = getattr(result, "what", "squares of input-dependent values")
+            raise UnsupportedOpError(f"graph output {output.name!r} is {what}")
         _require_batch_first([result], f"graph output {output.name!r} is")
     signals = [r for r in results if isinstance(r, Signal)]
     bound = tracker.bound(*signals) if signals else 0.0
-    return GraphBound(bound, tuple(layers), example)
+    return GraphBound(bound, tuple(layers), shape[1:])

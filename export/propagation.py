@@ -62,10 +62,12 @@ Nonnegative combinations
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +80,7 @@ from zoo.bounds.pooling import reduction_gain
 from zoo.certificate import LayerBound
 
 __all__ = [
+    "GainCache",
     "GraphBound",
     "Progress",
     "SignOfSquares",
@@ -175,22 +178,68 @@ class GraphBound:
     input_shape: tuple[int, ...]
 
 
+def _cache_key(value: Any) -> Hashable:
+    """A hashable key of a bound function's argument: arrays and tensors by dtype, shape and a digest
+    of their bytes, dataclasses (LinearMap) and sequences by their items."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return (
+            "array",
+            value.dtype.str,
+            value.shape,
+            hashlib.blake2b(value.tobytes(), digest_size=16).digest(),
+        )
+    if dataclasses.is_dataclass(value):
+        return (
+            type(value).__name__,
+            *(_cache_key(getattr(value, f.name)) for f in dataclasses.fields(value)),
+        )
+    if isinstance(value, list | tuple):
+        return tuple(_cache_key(item) for item in value)
+    return value
+
+
+class GainCache:
+    """Gains computed once per artifact: the walks of one graph at several batch sizes meet the same
+    layers, whose bounds (pure functions of their weights and geometry) need computing only once."""
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, float] = {}
+
+    def __call__(self, function: Callable[..., float | None], *args: Any, **kwargs: Any) -> float | None:
+        """``function(*args, **kwargs)``, computed on the first call with these arguments."""
+        key = (
+            function.__module__,
+            function.__qualname__,
+            _cache_key(args),
+            _cache_key(sorted(kwargs.items())),
+        )
+        if key not in self._values:
+            self._values[key] = function(*args, **kwargs)
+        return self._values[key]
+
+
 class Tracker:
     """The sources of one graph walk and the bounds of signals made of them.
 
     Args:
-        batch: size of the batch axis of every signal (2 for a dynamic batch, so that mixing
-            examples is detected; 1 for a graph fixed to one example).
+        batch: size of the batch axis of every signal (the walks of a graph whose batch is dynamic
+            run at several sizes, so that mixing examples, and constants that line up with the batch
+            axis, are caught; 1 for a graph fixed to one example).
+        gains: computes the gains of layers (shared by the walks of one artifact).
     """
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, gains: GainCache | None = None) -> None:
         self.batch = batch
+        self.gain = gains or GainCache()
         self._starts: list[int] = []
         self._example_sizes: list[int] = []
         self._bounds: list[float] = []
         self._size = 0
         self._variants = itertools.count()
         self._groups: dict[tuple[int, ...], tuple[Sequence[Signal], list[Signal]]] = {}
+        self._ranked: dict[tuple[int, ...], tuple[Signal, Signal]] = {}
         # id(output) -> (output, input, layer) / (output, input); the output is kept alive with its id
         self._linear: dict[int, tuple[Signal, Signal, LinearMap]] = {}
         self._means: dict[int, tuple[Signal, Signal]] = {}
@@ -486,7 +535,7 @@ class Tracker:
         if inner is None or inner[1] is not x or branch.shape != x.shape:
             return None
         outer_map = outer[2] if sign == 1 else dataclasses.replace(outer[2], weight=sign * outer[2].weight)
-        return adjoint_residual_bound(inner[2], outer_map, x.shape[2:])
+        return self.gain(adjoint_residual_bound, inner[2], outer_map, x.shape[2:])
 
     def sorted_group(self, operands: Sequence[Signal]) -> list[Signal]:
         """Ranks of same-shape operands sorted value by value: ``ranks[r][k]`` is the r-th smallest of
@@ -504,6 +553,24 @@ class Tracker:
             ranks = [Signal(stacked.index[:, rank], stacked.variant) for rank in range(len(operands))]
             self._groups[key] = (operands, ranks)
         return self._groups[key][1]
+
+    def group_rank(self, signal: Signal, axes: Sequence[int], shape: Sequence[int], rank: int) -> Signal:
+        """Rank ``rank`` (0: the smallest, -1: the largest) of the values of ``signal`` in each group
+        along ``axes`` (not the batch axis), as a tensor of ``shape`` (the reduction's output).
+
+        All ranks of the groups together are the groups sorted, 1-Lipschitz like any sort, so the
+        ranks taken of one signal along the same axes share one source bounded by the signal's bound
+        (cached for this very signal): a GroupSort2 spelled ReduceMin, ReduceMax and Concat over axes
+        of size 2 is bounded like its input, not twice.
+        """
+        key = (id(signal), *sorted(axes))
+        if key not in self._ranked:
+            moved = np.moveaxis(signal.index, list(axes), list(range(1, len(axes) + 1)))
+            count = math.prod(signal.shape[a] for a in axes)
+            stacked = self.source((self.batch, count, *moved.shape[1 + len(axes) :]), self.bound(signal))
+            self._ranked[key] = (signal, stacked)
+        stacked = self._ranked[key][1]
+        return Signal(stacked.index[:, rank].reshape(tuple(shape)), stacked.variant)
 
     def padding_of(self, signal: Signal, kernel: Sequence[int]) -> tuple[Signal, tuple[int, ...], str] | None:
         """How ``signal`` (N, C, *spatial) is a padding of its central part, if it is one.

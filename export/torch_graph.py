@@ -1,6 +1,6 @@
 """Sound Lipschitz bound of a TorchScript module or a torch.export program, from the artifact alone.
 
-The artifact's own program runs once, with its own weights, on a batch whose values are tracked (see
+The artifact's own program runs, with its own weights, on a batch whose values are tracked (see
 :mod:`export.propagation`): the input is a :class:`_Tracked` tensor, a tensor subclass that carries a
 Signal and its index array instead of values. Every aten op the program applies to a tracked tensor
 reaches ``__torch_dispatch__``:
@@ -11,17 +11,23 @@ reaches ``__torch_dispatch__``:
 * every other op needs a rule in :data:`RULES`, whose docstring's first line says why it is sound;
   an op without one is an :class:`UnsupportedOpError` naming it, never skipped.
 
-Ops on constants only run as usual. TorchScript and .pt2 programs both run through the dispatcher,
+The run is a dispatch mode, so it also sees the ops on constants: they run as usual, unless they are
+random or write into a tensor the program did not create during the run (a parameter, a buffer);
+``out=`` arguments are refused. TorchScript and .pt2 programs both run through the dispatcher,
 so one set of rules serves both; composite ops (``linear``, ``pad``, ``batch_norm``...) arrive
 decomposed into the aten ops listed here. What is bounded is the path the program takes: a program
 whose control flow reads input values is refused (reading a tracked value has no rule), and so is an
-op that merges the batch axis with another (a Linear on 3-D inputs, for one). Layers are named by
-their position in the program: a dispatched op does not know its module.
+op that merges the batch axis with another (a Linear on 3-D inputs, for one). Paths that depend on
+something else are all run: every batch size of :data:`BATCH_SIZES` the program accepts, and for a
+TorchScript program that reads ``self.training`` or ``torch.is_grad_enabled()``, both values; a
+program that computes with a size that may be the batch size is refused before it runs
+(:func:`torchscript_bound`, :func:`exported_program_bound`). Layers are named by their position in
+the program: a dispatched op does not know its module.
 """
 
 from __future__ import annotations
 
-import contextvars
+import itertools
 import math
 import weakref
 from collections.abc import Callable, Sequence
@@ -29,9 +35,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
 from export.propagation import (
+    GainCache,
     GraphBound,
     Progress,
     Signal,
@@ -45,13 +53,30 @@ from zoo.bounds import (
     adaptive_average_pool_bound,
     conv_bound,
     conv_transpose_bound,
+    kronecker_norm_bound,
     matrix_norm_bound,
 )
 from zoo.bounds import elementwise as slopes
-from zoo.bounds.pooling import Windows, average_pool_gain, max_pool_gain, reduction_gain, window_spread
+from zoo.bounds.elementwise import OutOfDomainError
+from zoo.bounds.pooling import (
+    Windows,
+    average_pool_gain,
+    log_softmax_gain,
+    max_pool_gain,
+    reduction_gain,
+    softmax_gain,
+    window_spread,
+)
 from zoo.certificate import LayerBound
 
-__all__ = ["REINDEXING", "RULES", "program_bound"]
+__all__ = [
+    "BATCH_SIZES",
+    "REINDEXING",
+    "RULES",
+    "exported_program_bound",
+    "program_bound",
+    "torchscript_bound",
+]
 
 REINDEXING = frozenset(
     {
@@ -91,8 +116,6 @@ REINDEXING = frozenset(
 )
 """aten ops whose every output value is a copy of an input value or a constant."""
 
-_ACTIVE: contextvars.ContextVar[_Run] = contextvars.ContextVar("lipschitz_run")
-
 
 class _Tracked(torch.Tensor):
     """A tensor of the running program whose values depend on the input.
@@ -122,7 +145,9 @@ class _Tracked(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        return _ACTIVE.get().call(func, args, kwargs or {})
+        raise VerificationError(
+            f"aten.{_op_name(func)} reached a tracked tensor outside of a verification run"
+        )
 
 
 Rule = Callable[["_Run", torch._ops.OpOverload, dict[str, Any]], Any]
@@ -131,6 +156,24 @@ Rule = Callable[["_Run", torch._ops.OpOverload, dict[str, Any]], Any]
 def _op_name(func: torch._ops.OpOverload) -> str:
     """The op's name without its overload and without the trailing ``_`` of an in-place variant."""
     return func.overloadpacket.__name__.removesuffix("_")
+
+
+def _refusal(error: ValueError) -> type[VerificationError]:
+    """The kind of refusal a rule's error makes: a parameter outside the domain of a bound is an
+    unsupported op configuration."""
+    if isinstance(error, VerificationError):
+        return type(error)
+    return UnsupportedOpError if isinstance(error, OutOfDomainError) else VerificationError
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    """The address of a (non-tracked) tensor's memory, shared by its views."""
+    return tensor.untyped_storage().data_ptr()
+
+
+def _written_arguments(func: torch._ops.OpOverload) -> set[str]:
+    """The arguments ``func`` writes into (``self`` of an in-place op, ``out=`` arguments)."""
+    return {a.name for a in func._schema.arguments if a.alias_info is not None and a.alias_info.is_write}
 
 
 def _arguments(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -171,7 +214,7 @@ def _signal(value: Any, what: str = "input") -> Signal:
 
 def _floor(run: _Run, squares: Squares, floor: Any, dtype: torch.dtype) -> _Tracked:
     """A max of squares with constants ``floor`` >= 0 (Squares.floored)."""
-    floor = _constant(floor, "floor")
+    floor = _constant(floor, "floor of squares")
     smallest = float(floor.min()) if isinstance(floor, torch.Tensor) else floor
     if smallest is None or not smallest >= 0:
         raise UnsupportedOpError("only a floor >= 0 of squares is supported (before their square root)")
@@ -188,10 +231,18 @@ def _is_scalar(value: Any) -> bool:
     return not isinstance(value, torch.Tensor) or value.numel() == 1
 
 
-class _Run:
-    """One run of a program on a tracked input: the tracker, the layers met, the first error."""
+class _Run(TorchDispatchMode):
+    """One run of a program on a tracked input: the tracker, the layers met, the first error.
+
+    As a dispatch mode it sees every aten op the program runs: those on tracked tensors go to their
+    rule (:meth:`call`); those on constants run as usual, unless they are random, or write into a
+    tensor the program did not create during this run (a parameter, a buffer, a constant: the next
+    call would compute something else), which is refused (:meth:`check_constant_op`).
+    """
 
     def __init__(self, tracker: Tracker, progress: Progress | None = None) -> None:
+        super().__init__()
+        self.created: set[int] = set()
         self.tracker = tracker
         self.progress = progress
         self.calls = 0
@@ -221,6 +272,40 @@ class _Run:
 
         return _invoke(func, a, zeros)
 
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if any(isinstance(value, _Tracked) for value in tree_leaves((args, kwargs))):
+            return self.call(func, args, kwargs)
+        try:
+            self.check_constant_op(func, args, kwargs)
+        except VerificationError as error:
+            self.error = self.error or type(error)(f"aten.{_op_name(func)}: {error}")
+            raise self.error from error
+        outputs = func(*args, **kwargs)
+        inputs = {_storage(value) for value in tree_leaves((args, kwargs)) if isinstance(value, torch.Tensor)}
+        for output in tree_leaves(outputs):
+            if isinstance(output, torch.Tensor) and _storage(output) not in inputs:  # not a view of an input
+                self.created.add(_storage(output))
+        return outputs
+
+    def check_constant_op(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> None:
+        """Refuse a random op, and an op writing into a tensor not created during this run."""
+        if torch.Tag.nondeterministic_seeded in func.tags:
+            raise UnsupportedOpError("it is random: the program computes another function at each call")
+        written = _written_arguments(func)
+        for argument, value in _arguments(func, args, kwargs).items():
+            if (
+                argument in written
+                and isinstance(value, torch.Tensor)
+                and value.numel()
+                and _storage(value) not in self.created
+            ):
+                raise UnsupportedOpError(
+                    f"it writes into its argument {argument!r}, a tensor the program did not create in "
+                    "this call (a parameter, a buffer or a constant): the next call would compute "
+                    "another function"
+                )
+
     def call(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
         name = func.overloadpacket.__name__
         if self.progress is not None:
@@ -249,14 +334,16 @@ class _Run:
                 return self.reindex(func, args, kwargs)
             if name == "copy_":
                 return _copy(self, _arguments(func, args, kwargs))
+            written = _written_arguments(func) - {"self"}
+            if written or (name == _op_name(func) and "self" in _written_arguments(func)):
+                raise UnsupportedOpError(f"it writes into its arguments {sorted(written or {'self'})} (out=)")
             if _op_name(func) not in RULES:  # relu_ and the like use the rule of relu
                 raise UnsupportedOpError(f"unsupported op aten.{name}: no Lipschitz rule")
             outputs = self.apply(func, args, kwargs)
             in_place = name != _op_name(func)  # then move the result into self
             return _copy(self, {"self": args[0], "src": outputs}) if in_place else outputs
         except ValueError as error:  # VerificationError, or a bound engine's refusal
-            kind = type(error) if isinstance(error, VerificationError) else VerificationError
-            self.error = self.error or kind(f"aten.{name} (op {len(self.layers)}): {error}")
+            self.error = self.error or _refusal(error)(f"aten.{name} (op {len(self.layers)}): {error}")
             raise self.error from error
 
     def apply(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
@@ -346,6 +433,16 @@ def _allocation(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> An
     return run.wrap(run.tracker.constant(shape), a.get("dtype") or a["self"].dtype)
 
 
+def _filled_like(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """zeros_like / ones_like / full_like: a constant of the input's shape, the same finite value in
+    every entry (empty_like, uninitialised memory, has no rule)."""
+    x = a["self"]
+    value = {"zeros_like": 0.0, "ones_like": 1.0}.get(_op_name(func), a.get("fill_value"))
+    if not math.isfinite(float(value)):
+        raise UnsupportedOpError(f"it fills a tensor with {value}")
+    return run.wrap(run.tracker.constant(x.shape), a.get("dtype") or x.dtype)
+
+
 def _conv(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """convolution is linear with operator norm at most conv_bound (bias excluded), a transposed one
     is the adjoint of a convolution on its output size (conv_transpose_bound); a padding spelled as
@@ -364,7 +461,8 @@ def _conv(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     source = _signal(x)
     shape = run.shadow(func, a).shape
     if layer.transposed:
-        gain = conv_transpose_bound(
+        gain = run.tracker.gain(
+            conv_transpose_bound,
             weight,
             input_size=source.shape[2:],
             stride=layer.stride,
@@ -378,7 +476,8 @@ def _conv(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     padded = None if any(padding) else run.tracker.padding_of(source, weight.shape[2:])
     if padded is not None:
         source, padding, mode = padded
-    gain = conv_bound(
+    gain = run.tracker.gain(
+        conv_bound,
         weight,
         input_size=source.shape[2:],
         stride=layer.stride,
@@ -400,7 +499,10 @@ def _matrix_product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -
     shape = (x.shape[0], matrix.shape[0])
     layer = LinearMap(matrix)
     return run.wrap(
-        run.tracker.linear(_signal(x, "first matrix"), matrix_norm_bound(matrix), shape, layer), x.dtype
+        run.tracker.linear(
+            _signal(x, "first matrix"), run.tracker.gain(matrix_norm_bound, matrix), shape, layer
+        ),
+        x.dtype,
     )
 
 
@@ -521,10 +623,9 @@ def _product(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     data, constant = (x, other) if isinstance(x, _Tracked) else (other, x)
     factors = _float64(constant)
     if _op_name(func) == "div":
-        with np.errstate(divide="ignore"):
-            factors = 1.0 / factors
-    if not np.all(np.isfinite(factors)):
-        raise UnsupportedOpError("it divides by zero")
+        if np.any(factors == 0):
+            raise UnsupportedOpError("it divides by zero")
+        factors = 1.0 / factors
     shape = run.shadow(func, a).shape
     return run.wrap(run.tracker.scaled(run.tracker.broadcast(data.signal, shape), factors, shape), data.dtype)
 
@@ -563,9 +664,10 @@ def _extremum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     """maximum / minimum of two input-dependent tensors is the top / bottom rank of each sorted pair
     (Tracker.sorted_group: a sort is 1-Lipschitz); with a constant, only a clamp (1-Lipschitz)."""
     x, other = a["self"], a["other"]
+    largest = _op_name(func) in ("maximum", "max")
     for squares, floor in ((x, other), (other, x)):
         if isinstance(squares, _Tracked) and squares.squares is not None:
-            if _op_name(func) != "maximum":
+            if not largest:
                 raise UnsupportedOpError("only a maximum of squares with a constant floor is supported")
             return _floor(run, squares.squares, floor, squares.dtype)
     shape = run.shadow(func, a).shape
@@ -573,9 +675,11 @@ def _extremum(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
     dtype = next(v.dtype for v in (x, other) if isinstance(v, _Tracked))
     if len(operands) == 1:
         constant = other if isinstance(x, _Tracked) else x
+        if isinstance(constant, torch.Tensor) and constant.is_floating_point() and constant.isnan().any():
+            raise UnsupportedOpError("it compares with NaN constants")
         return run.wrap(run.tracker.elementwise(operands[0], 1.0, alike=_is_scalar(constant)), dtype)
     ranks = run.tracker.sorted_group(operands)
-    return run.wrap(ranks[-1] if _op_name(func) == "maximum" else ranks[0], dtype)
+    return run.wrap(ranks[-1] if largest else ranks[0], dtype)
 
 
 def _sign(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
@@ -620,7 +724,7 @@ def _average_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> 
         if any(n % o for n, o in zip(spatial, out, strict=True)):
             if x.squares is not None:
                 raise UnsupportedOpError("adaptive windows that do not tile the input, over squares")
-            gain = adaptive_average_pool_bound(spatial, out)
+            gain = run.tracker.gain(adaptive_average_pool_bound, spatial, out)
             return run.wrap(run.tracker.transformed(_signal(x), gain, run.shadow(func, a).shape), x.dtype)
         kernel = stride = tuple(n // o for n, o in zip(spatial, out, strict=True))
         padding = (0,) * len(spatial)
@@ -640,7 +744,7 @@ def _average_pool(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> 
         if divisor is not None:
             raise UnsupportedOpError("divisor_override over squares is not supported")
         return run.wrap_squares(x.squares.combined(window_spread(windows, include_pad), shape), x.dtype)
-    gain = average_pool_gain(windows, include_pad, divisor)
+    gain = run.tracker.gain(average_pool_gain, windows, include_pad, divisor)
     return run.wrap(run.tracker.transformed(_signal(x), gain, shape), x.dtype)
 
 
@@ -678,22 +782,90 @@ _GROUP_GAINS: dict[str, Callable[[int, dict[str, Any]], float]] = {
 _SQUARES_SPREADS: dict[str, Callable[[int], float]] = {"mean": lambda n: 1 / n, "sum": lambda n: 1.0}
 
 
+_GROUP_RANKS = {"amax": -1, "amin": 0, "max": -1, "min": 0}
+"""Reductions that keep one rank of each sorted group (Tracker.group_rank)."""
+
+
 def _reduce(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
-    """mean / sum / amax / amin / logsumexp / norms over dims (never the batch axis) combine
-    disjoint groups of n values: sums and means are bounded by Tracker.reduced (copies included),
-    the others by reduction_gain (``_GROUP_GAINS``)."""
+    """mean / sum / amax / amin / max / min / logsumexp / norms over dims (never the batch axis, each
+    dim once) combine disjoint groups of n values: sums and means are bounded by Tracker.reduced
+    (copies included), extremes are a rank of each sorted group (Tracker.group_rank), the others
+    reduction_gain (``_GROUP_GAINS``). ``max`` and ``min`` of two tensors are maximum and minimum."""
+    if func._overloadname == "other":
+        return _extremum(run, func, a)
     x = a["self"]
-    dims = a.get("dim") or list(range(x.dim()))
+    dims = a.get("dim")
+    dims = list(range(x.dim())) if dims is None or dims == [] else dims
     dims = [d % x.dim() for d in ([dims] if isinstance(dims, int) else dims)]
+    if len(set(dims)) != len(dims):
+        raise UnsupportedOpError(f"its dims {dims} name one axis twice")
     if 0 in dims:
         raise UnsupportedOpError("it reduces over the batch axis")
-    count, shape = math.prod(x.shape[d] for d in dims), run.shadow(func, a).shape
+    outputs = run.shadow(func, a)
+    values = outputs[0] if isinstance(outputs, tuple) else outputs
+    count, shape = math.prod(x.shape[d] for d in dims), values.shape
     if x.squares is not None:
         return run.wrap_squares(x.squares.combined(_SQUARES_SPREADS[_op_name(func)](count), shape), x.dtype)
+    if _op_name(func) in _GROUP_RANKS:
+        ranked = run.wrap(
+            run.tracker.group_rank(_signal(x), dims, shape, _GROUP_RANKS[_op_name(func)]), x.dtype
+        )
+        if not isinstance(outputs, tuple):
+            return ranked
+        return ranked, _Tracked(outputs[1], outputs[1].dtype, None, f"the indices of aten.{_op_name(func)}")
     if _op_name(func) in _GROUP_GAINS:
         gain = _GROUP_GAINS[_op_name(func)](count, a)
         return run.wrap(run.tracker.transformed(_signal(x), gain, shape), x.dtype)
     return run.wrap(run.tracker.reduced(_signal(x), dims, shape, mean=_op_name(func) == "mean"), x.dtype)
+
+
+def _softmax(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """_softmax / _log_softmax of each group along ``dim``: softmax_gain / log_softmax_gain."""
+    x = a["self"]
+    dim = a["dim"] % x.dim()
+    if dim == 0:
+        raise UnsupportedOpError("it normalises along the batch axis")
+    gain = softmax_gain() if _op_name(func) == "_softmax" else log_softmax_gain(x.shape[dim])
+    return run.wrap(run.tracker.transformed(_signal(x), gain, x.shape), x.dtype)
+
+
+_SCALE_ARGUMENTS = {1: ("scales",), 2: ("scales_h", "scales_w"), 3: ("scales_d", "scales_h", "scales_w")}
+
+
+def _upsample(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """upsample_* (nearest, linear, cubic) interpolates along each spatial axis alone: on each
+    channel the Kronecker product of one matrix per axis (kronecker_norm_bound), each the op's own
+    response to one-hot inputs along its axis (the other axes of size 1, scale 1: the identity)."""
+    x = a["input"] if "input" in a else a["self"]
+    out_shape = run.shadow(func, a).shape
+    spatial = tuple(x.shape[2:])
+    scale_names = _SCALE_ARGUMENTS[len(spatial)]
+    factors = []
+    for axis, n in enumerate(spatial):
+        b = dict(a)
+        sizes = [n if i == axis else 1 for i in range(len(spatial))]
+        b["input" if "input" in a else "self"] = torch.eye(n, dtype=x.dtype).reshape(n, 1, *sizes)
+        if b.get("output_size") is not None:
+            b["output_size"] = [out_shape[2 + i] if i == axis else 1 for i in range(len(spatial))]
+        for i, name in enumerate(scale_names):
+            if b.get(name) is not None and i != axis:
+                b[name] = 1.0
+        if b.get("scale_factors") is not None:
+            b["scale_factors"] = [f if i == axis else 1.0 for i, f in enumerate(b["scale_factors"])]
+        factors.append(_invoke(func, b, lambda value: value).double().reshape(n, -1).T)
+    gain = run.tracker.gain(kronecker_norm_bound, factors)
+    return run.wrap(run.tracker.transformed(_signal(x), gain, out_shape), x.dtype)
+
+
+def _dropout(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
+    """Dropout in inference mode (train=False) is the identity; in training mode it is random."""
+    x = a["input"]
+    if a["train"] is not False:
+        raise UnsupportedOpError("training-mode dropout is random")
+    output = run.wrap(_signal(x), x.dtype)
+    if _op_name(func) != "native_dropout":
+        return output
+    return output, torch.ones(x.shape, dtype=torch.bool)
 
 
 def _batch_norm(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> Any:
@@ -711,6 +883,7 @@ def _batch_norm(run: _Run, func: torch._ops.OpOverload, a: dict[str, Any]) -> An
 
 RULES: dict[str, Rule] = {
     **dict.fromkeys(("new_empty", "new_zeros"), _allocation),
+    **dict.fromkeys(("zeros_like", "ones_like", "full_like"), _filled_like),
     **dict.fromkeys(("convolution", "_convolution"), _conv),
     **dict.fromkeys(("addmm", "mm"), _matrix_product),
     **dict.fromkeys(_SCALAR_MAPS, _elementwise),
@@ -726,7 +899,22 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(
         ("max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices"), _max_pool
     ),
-    **dict.fromkeys((*_SQUARES_SPREADS, *_GROUP_GAINS), _reduce),
+    **dict.fromkeys((*_SQUARES_SPREADS, *_GROUP_GAINS, *_GROUP_RANKS), _reduce),
+    **dict.fromkeys(("_softmax", "_log_softmax"), _softmax),
+    **dict.fromkeys(("dropout", "native_dropout", "feature_dropout", "alpha_dropout"), _dropout),
+    **dict.fromkeys(
+        (
+            *(f"upsample_{mode}{d}d" for mode, d in (("nearest", 1), ("nearest", 2), ("nearest", 3))),
+            *(f"_upsample_nearest_exact{d}d" for d in (1, 2, 3)),
+            "upsample_linear1d",
+            "upsample_bilinear2d",
+            "upsample_trilinear3d",
+            "upsample_bicubic2d",
+            "_upsample_bilinear2d_aa",
+            "_upsample_bicubic2d_aa",
+        ),
+        _upsample,
+    ),
     **dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit_no_training"), _batch_norm),
     **dict.fromkeys(("pow", "sqrt"), _power),
 }
@@ -740,43 +928,279 @@ SQUARES_OPS = frozenset(
 the identities of nonnegative values (abs, relu, sign(v) * v)."""
 
 
+BATCH_SIZES = (2, 5, 1)
+"""The batch sizes a program taking any batch size is run at (see :func:`program_bound`)."""
+
+
 def program_bound(
     program: Callable[[torch.Tensor], Any],
     input_shape: Sequence[int],
-    batch: int,
-    dtype: torch.dtype,
+    dtype: torch.dtype = torch.float32,
+    batches: Sequence[int] = BATCH_SIZES,
     progress: Progress | None = None,
+    grad_modes: Sequence[bool] = (False,),
 ) -> GraphBound:
-    """Sound per-example bound of the L2 Lipschitz constant of ``program``'s outputs w.r.t. its input.
+    """Sound per-example bound of the L2 Lipschitz constant of ``program``'s outputs w.r.t. its input,
+    the largest over runs at each of ``batches`` and with gradients enabled or not (``grad_modes``).
+
+    At batch 1, constants that line up with the batch axis would broadcast one example to several
+    rows; at 2 and 5, ops that mix examples are seen. Whether the program may read the batch size at
+    all is for the callers to check first (:func:`torchscript_bound`, :func:`exported_program_bound`).
 
     Args:
         program: a TorchScript module or a torch.export program's ``module()``, taking one tensor.
         input_shape: shape of one input example.
-        batch: 2 when the program takes any batch size (so that mixing examples is caught), else 1.
         dtype: dtype of the input.
+        batches: the batch sizes to run at ((1,) for a program fixed to one example).
         progress: told of each aten op before its rule runs (their total is not known in advance).
+        grad_modes: the values of ``torch.is_grad_enabled()`` to run with.
 
     Raises:
         UnsupportedOpError: an op (or op configuration) without a sound rule, naming it.
         VerificationError: a program that cannot be bounded (batch axis, a failure on the input).
     """
-    tracker = Tracker(batch)
+    gains, calls = GainCache(), itertools.count()
+
+    def report(done: int, total: int | None, op: str) -> None:  # one count over all the runs
+        if progress is not None:
+            progress(next(calls), None, op)
+
+    runs = [
+        _run(program, input_shape, dtype, batch, grad, Tracker(batch, gains), report)
+        for batch in batches
+        for grad in grad_modes
+    ]
+    return max(runs, key=lambda run: run.lipschitz_bound)
+
+
+def _run(
+    program: Callable[[torch.Tensor], Any],
+    input_shape: Sequence[int],
+    dtype: torch.dtype,
+    batch: int,
+    grad: bool,
+    tracker: Tracker,
+    progress: Progress | None,
+) -> GraphBound:
+    """The bound of one run of ``program`` on a tracked batch of ``batch`` examples."""
     run = _Run(tracker, progress)
-    token = _ACTIVE.set(run)
+    where = f" at batch size {batch}" + (" with gradients enabled" if grad else "")
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad), run:
             outputs = program(run.wrap(tracker.source((batch, *input_shape), 1.0), dtype))
     except Exception as error:  # the TorchScript interpreter re-raises a rule's error as its own
         if run.error is not None:
-            raise run.error from None
-        raise VerificationError(f"the program failed on a tracked input: {error}") from error
-    finally:
-        _ACTIVE.reset(token)
+            raise type(run.error)(f"{run.error}{where}") from None
+        raise VerificationError(f"the program failed on a tracked input{where}: {error}") from error
     signals = []
     for output in tree_leaves(outputs):
         if isinstance(output, _Tracked):
             if output.signal is None:
-                raise UnsupportedOpError(f"an output is {output.unusable}")
+                raise UnsupportedOpError(f"an output is {output.unusable}{where}")
             signals.append(output.signal)
+        elif isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
+            raise UnsupportedOpError(f"an output holds constant NaN or infinite values{where}")
     bound = tracker.bound(*signals) if signals else 0.0
     return GraphBound(bound, tuple(run.layers), tuple(input_shape))
+
+
+# --- what a program may read besides its input ----------------------------------------------------
+
+_CONVERSIONS = frozenset({"prim::NumToTensor", "aten::Int", "aten::ScalarImplicit", "aten::IntImplicit"})
+_VIEWS = frozenset(
+    {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::_unsafe_view", "aten::expand"}
+)
+
+
+def _read_axis(read: torch._C.Node) -> int | None:
+    """The axis ``aten::size(t, d)`` reads, counted from the front (None when it is not a constant, or
+    negative on a tensor of unknown rank)."""
+    tensor, dim = list(read.inputs())
+    if dim.node().kind() != "prim::Constant":
+        return None
+    axis = dim.toIValue()
+    rank = tensor.type().dim() if isinstance(tensor.type(), torch._C.TensorType) else None
+    if axis < 0:
+        return None if rank is None else axis % rank
+    return axis
+
+
+def _input_dependent(graph: torch._C.Graph) -> set[str]:
+    """The names of the values of a TorchScript graph computed from its input (its second input:
+    the first is the module), through every block."""
+    dependent = {list(graph.inputs())[1].debugName()}
+    pending = [graph.block()]
+    while pending:
+        for node in pending.pop().nodes():
+            pending.extend(node.blocks())
+            if any(value.debugName() in dependent for value in node.inputs()):
+                dependent.update(value.debugName() for value in node.outputs())
+    return dependent
+
+
+def _keeps_its_axis(read: torch._C.Node, axis: int, dependent: set[str]) -> bool:
+    """Whether ``aten::size(t, axis)`` is only used (through int conversions) as entry ``axis`` of the
+    shape of views of tensors computed from the input: their batch axis is first, of the batch
+    size, so such a view keeps it as it is (how torch spells ``t.view(t.size(0), -1)``), and the
+    batch size is no value of the program."""
+    frontier = [read.output()]
+    while frontier:
+        for use in frontier.pop().uses():
+            user = use.user
+            if user.kind() in _CONVERSIONS:
+                frontier.append(user.output())
+            elif user.kind() == "prim::ListConstruct" and use.offset == axis:
+                for view in user.output().uses():
+                    viewed = view.user.inputsAt(0).debugName()
+                    if view.user.kind() not in _VIEWS or view.offset != 1 or viewed not in dependent:
+                        return False
+            else:
+                return False
+    return True
+
+
+_SIZE_READS = frozenset({"aten::size", "aten::sym_size", "aten::numel", "aten::len", "prim::shape"})
+
+
+def _torchscript_reads(module: torch.jit.ScriptModule) -> set[str]:
+    """What the TorchScript program reads besides its input and weights ('training', 'grad mode'),
+    refusing what no run can bound: attribute assignments, and sizes that may be the batch size used
+    as values.
+
+    The batch axis of every tracked tensor stays first (the rules refuse ops that move it), so a size
+    read along another axis is an example dimension, a constant; a read of axis 0 may be the batch
+    size, and is accepted only where it keeps that axis in a view (:func:`_keeps_its_axis`).
+    """
+    reads = set()
+    graph = module.inlined_graph  # kept alive while its nodes are read
+    dependent = _input_dependent(graph)
+    pending = [graph.block()]
+    while pending:
+        for node in pending.pop().nodes():
+            pending.extend(node.blocks())
+            kind = node.kind()
+            if kind == "prim::SetAttr":
+                raise UnsupportedOpError(
+                    f"the program assigns the attribute {node.s('name')!r} of its module"
+                )
+            if kind == "prim::GetAttr" and node.s("name") == "training":
+                reads.add("training")
+            if kind == "aten::is_grad_enabled":
+                reads.add("grad mode")
+            if kind not in _SIZE_READS or node.inputsAt(0).debugName() not in dependent:
+                continue  # the size of a tensor of constants is a constant
+            axis = _read_axis(node) if kind == "aten::size" and len(list(node.inputs())) == 2 else None
+            if axis is not None and (axis != 0 or _keeps_its_axis(node, axis, dependent)):
+                continue
+            raise UnsupportedOpError(
+                f"the program reads a size ({kind}) that may be the batch size, and computes with it: it "
+                "would compute another function at another batch size"
+            )
+    return reads
+
+
+def torchscript_bound(
+    module: torch.jit.ScriptModule,
+    input_shape: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+) -> GraphBound:
+    """:func:`program_bound` of a TorchScript module in every mode it can run in.
+
+    The module runs as loaded (a TorchScript file keeps each module's training flag); when its
+    program reads ``self.training`` it also runs with every module in training and in eval mode, and
+    when it reads ``torch.is_grad_enabled()``, with gradients enabled and disabled. A program that
+    assigns module attributes, or computes with a size read from a tensor, is refused.
+    """
+    reads = _torchscript_reads(module)
+    saved = {name: child.training for name, child in module.named_modules()}
+    flags: list[bool | None] = [None, True, False] if "training" in reads else [None]
+    grad_modes = (False, True) if "grad mode" in reads else (False,)
+    runs = []
+    try:
+        for flag in flags:
+            if flag is not None:
+                module.train(flag)
+            runs.append(program_bound(module, input_shape, dtype, BATCH_SIZES, progress, grad_modes))
+    finally:
+        for name, child in module.named_modules():
+            child.training = saved[name]
+    return max(runs, key=lambda run: run.lipschitz_bound)
+
+
+def _exported_batches(
+    program: torch.export.ExportedProgram,
+) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
+    """(batch sizes to run at, example shape, dtype) of a program's one input: the batch sizes of
+    BATCH_SIZES its range constraints allow, or 1 for a program fixed to one example."""
+    user_inputs = program.graph_signature.user_inputs
+    if len(user_inputs) != 1:
+        raise UnsupportedOpError(f"the program must have one input, it has {list(user_inputs)}")
+    (node,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0]]
+    example = node.meta["val"]
+    batch, *shape = example.shape
+    if not all(isinstance(d, int) for d in shape):
+        raise UnsupportedOpError(f"the input shape {tuple(example.shape)} has dynamic dimensions")
+    if not isinstance(batch, torch.SymInt):
+        if batch != 1:
+            raise UnsupportedOpError(
+                f"the program takes a fixed batch of {batch}: export it with a dynamic one"
+            )
+        return (1,), tuple(shape), example.dtype
+    ranges = [r for symbol, r in program.range_constraints.items() if str(symbol) == str(batch)]
+    allowed = tuple(b for b in BATCH_SIZES if all(int(r.lower) <= b <= r.upper for r in ranges))
+    return allowed or (1,), tuple(shape), example.dtype
+
+
+def _check_exported_graph(program: torch.export.ExportedProgram) -> None:
+    """Refuse a program that mutates its buffers or inputs, or computes with a size (a SymInt) other
+    than as the same axis of a view (``x.view(x.size(0), -1)``)."""
+    signature = program.graph_signature
+    mutated = {**signature.buffers_to_mutate, **signature.user_inputs_to_mutate}
+    if mutated:
+        raise UnsupportedOpError(
+            f"the program writes into {sorted(mutated.values())}: the next call would compute another "
+            "function"
+        )
+    for node in program.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            arguments = dict(zip([a.name for a in node.target._schema.arguments], node.args, strict=False))
+            arguments.update(node.kwargs)
+            for name in _written_arguments(node.target):
+                target = arguments.get(name)
+                if isinstance(target, torch.fx.Node) and target.op == "placeholder":
+                    raise UnsupportedOpError(
+                        f"the program writes into {target.target!r} ({node.name}): the next call would "
+                        "compute another function"
+                    )
+    views = {
+        torch.ops.aten.view.default,
+        torch.ops.aten.reshape.default,
+        torch.ops.aten._unsafe_view.default,
+        torch.ops.aten.expand.default,
+    }
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target is not torch.ops.aten.sym_size.int:
+            continue
+        tensor, axis = node.args
+        size = str(node.meta["val"])
+        for user in node.users:
+            keeps = user.op == "call_function" and user.target in views and node in list(user.args[1])
+            position = list(user.args[1]).index(node) if keeps else None
+            viewed = user.args[0].meta.get("val") if keeps else None
+            # a view whose entry is the size its own tensor has on that axis keeps the axis as it is
+            if not (viewed is not None and position < viewed.dim() and str(viewed.shape[position]) == size):
+                raise UnsupportedOpError(
+                    f"the program computes with the size of axis {axis} of {tensor.name} ({user.name}): the "
+                    "batch size may be a value of the program, which would then compute another function"
+                )
+
+
+def exported_program_bound(
+    program: torch.export.ExportedProgram, progress: Progress | None = None
+) -> GraphBound:
+    """:func:`program_bound` of a torch.export program at the batch sizes its input allows, after
+    :func:`_check_exported_graph`."""
+    _check_exported_graph(program)
+    batches, shape, dtype = _exported_batches(program)
+    return program_bound(program.module(), shape, dtype, batches, progress)

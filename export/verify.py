@@ -4,7 +4,7 @@ The Lipschitz bound of an artifact is recomputed from the file alone (its graph 
 PyTorch model and no trust in the embedded numbers) and compared with the certificate embedded in it:
 
 * ONNX (``.onnx``): the graph is walked op by op (:mod:`export.onnx_graph`).
-* TorchScript (``.pt``, e.g. ``model.ts.pt``) and torch.export (``.pt2``): the file's program runs once
+* TorchScript (``.pt``, e.g. ``model.ts.pt``) and torch.export (``.pt2``): the file's program runs
   on a tracked input and every aten op it executes is bounded (:mod:`export.torch_graph`). A
   TorchScript file does not record its input shape: it is taken from the embedded certificate.
 
@@ -17,8 +17,39 @@ is reported with its bound and ``embedded = None``: nothing is claimed, so nothi
 A malformed certificate, an unreadable file or an unsupported op is an error
 (:class:`~export.propagation.VerificationError`), never a report.
 
-Trust: an ONNX file is only parsed (protobuf) and its nodes evaluated by ``onnx.reference`` on
-constants. A TorchScript or .pt2 file is *run* (by the TorchScript interpreter, or as the exported
+The contract
+    A bound reported for a file holds, per example, for the L2 norm of all the file's outputs taken
+    together with respect to its one input, for every pair of finite inputs of the input shape the
+    file records (or that the certificate or ``--input-shape`` gives a TorchScript file), as a bound
+    of the function the file defines in real arithmetic, with each layer's weights as stored in the
+    file; the runtime's float32 rounding is not part of it (for the usual layers its effect is far
+    below the certificate's safety margin; a hostile parameter, a CELU alpha of 1e4 say, makes it
+    visible at small distances). It holds at every batch size
+    the file accepts: a dynamic batch axis is analysed at 1, 2 and 5 examples, and no value of the
+    graph may compute with the batch size (only keep it, as ``x.view(x.size(0), -1)`` does), so
+    every op acts on each example alike whatever the batch size. For ONNX files it is the function
+    the ONNX specification defines, as onnxruntime (CPU) computes it; for TorchScript and .pt2
+    files, the program as torch runs it, with gradients enabled or not and, when the program reads
+    ``self.training``, in training and in eval mode alike.
+
+Default-deny
+    A value is a constant only when the verifier proves it is one whatever the input and the batch
+    size, and whichever runtime computes it: an initializer (taken at its stored value, also when it
+    is listed as a graph input a runtime would let a caller override), or the output of an op of
+    constants whose result every conforming runtime computes bit for bit (moves, comparisons,
+    integer arithmetic, correctly rounded float arithmetic; :data:`export.onnx_graph.FOLDABLE`).
+    Everything else depends on the input, and reaches only the rules proven for it; an op without a
+    rule, a parameter outside the domain of its rule's proof (NaN, a negative CELU alpha, repeated
+    axes...) is an error naming the op and the reason. Refused, among others: random ops, control
+    flow (If, Loop), values computed from the batch size, products and quotients of input-dependent
+    tensors (but SiLU, softsign), comparisons of them (but torch's softplus), squares other than on
+    their way to the root of their pooled sum, ops that mix the examples of a batch, programs that
+    write into their parameters, buffers or ``out=`` arguments, and programs that read a size that
+    may be the batch size for anything but keeping that axis.
+
+Trust: an ONNX file is only parsed (protobuf); its nodes are evaluated, on constants, by
+``onnx.reference`` (and, for Resize, by onnxruntime too: the larger bound is kept where the two
+disagree). A TorchScript or .pt2 file is *run* (by the TorchScript interpreter, or as the exported
 aten graph), which executes no Python code from the file but does execute its program: for files of
 unknown origin prefer the ONNX form. A .pt2 file is checked before torch.export.load reads it, which
 would otherwise unpickle some payloads without restriction (:mod:`export.pt2_loading`).
@@ -40,7 +71,7 @@ from google.protobuf.message import DecodeError
 from export.onnx_graph import graph_bound
 from export.propagation import GraphBound, Progress, UnsupportedOpError, VerificationError
 from export.pt2_loading import load_pt2
-from export.torch_graph import program_bound
+from export.torch_graph import exported_program_bound, torchscript_bound
 from export.writers import CERTIFICATE_KEY, load_torchscript
 from zoo.certificate import Certificate, LayerBound
 
@@ -213,9 +244,7 @@ def verify_torchscript(
             "its bound depends on: give it (--input-shape C,H,W)"
         )
     shape = embedded.input_shape if embedded is not None else tuple(input_shape)
-    compute = functools.partial(
-        program_bound, module.eval(), shape, batch=2, dtype=torch.float32, progress=progress
-    )
+    compute = functools.partial(torchscript_bound, module, shape, torch.float32, progress)
     return _report(path, "torchscript", embedded, compute, input_shape)
 
 
@@ -233,23 +262,9 @@ def verify_pt2(
     path = _existing(path)
     program, text = load_pt2(path, CERTIFICATE_KEY)
     embedded = _parse_certificate(text, path) if text else None
-    user_inputs = program.graph_signature.user_inputs
-    if len(user_inputs) != 1:
-        raise UnsupportedOpError(f"{path}: the program must have one input, it has {list(user_inputs)}")
-    (node,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0]]
-    example = node.meta["val"]
-    batch, *shape = example.shape
-    if not isinstance(batch, torch.SymInt) and batch != 1:
-        raise UnsupportedOpError(
-            f"{path}: the program takes a fixed batch of {batch}: export it with a dynamic one"
-        )
-    if not all(isinstance(d, int) for d in shape):
-        raise UnsupportedOpError(f"{path}: the input shape {tuple(example.shape)} has dynamic dimensions")
-    batch_size = 2 if isinstance(batch, torch.SymInt) else 1
-    compute = functools.partial(
-        program_bound, program.module(), shape, batch=batch_size, dtype=example.dtype, progress=progress
+    return _report(
+        path, "pt2", embedded, functools.partial(exported_program_bound, program, progress), input_shape
     )
-    return _report(path, "pt2", embedded, compute, input_shape)
 
 
 _VERIFIERS: dict[

@@ -25,9 +25,9 @@ from zoo.bounds import (
     conv_bound,
     conv_transpose_bound,
     matrix_norm_bound,
+    pooling,
 )
 from zoo.bounds import elementwise as slopes
-from zoo.bounds.pooling import Windows, average_pool_gain, lp_pool_gain, max_pool_gain, reduction_gain
 from zoo.certificate import Certificate, LayerBound, weights_sha256
 from zoo.fold import is_folded
 from zoo.layers import (
@@ -81,7 +81,9 @@ def _avg_pool_bound(module: nn.AvgPool1d | nn.AvgPool2d, input_shape: tuple[int,
         raise UnsupportedModuleError(f"{type(module).__name__} is certified only with ceil_mode=False")
     windows = _windows(module, input_shape)
     divisor = getattr(module, "divisor_override", None)
-    return average_pool_gain(windows, module.count_include_pad, divisor) * getattr(module, "scale", 1.0)
+    return pooling.average_pool_gain(windows, module.count_include_pad, divisor) * getattr(
+        module, "scale", 1.0
+    )
 
 
 def _conv_transpose_bound(
@@ -111,7 +113,7 @@ def _per_axis(value: int | Sequence[int] | None, rank: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, Sequence) else (value,) * rank
 
 
-def _windows(module: nn.Module, input_shape: tuple[int, ...]) -> Windows:
+def _windows(module: nn.Module, input_shape: tuple[int, ...]) -> pooling.Windows:
     """The windows of a pooling module on one example of ``input_shape`` (LPPool has no padding;
     the output size is the module's own, ceil mode included)."""
     spatial = input_shape[1:]
@@ -119,7 +121,7 @@ def _windows(module: nn.Module, input_shape: tuple[int, ...]) -> Windows:
     stride = _per_axis(module.stride, len(spatial)) if module.stride else kernel
     with torch.no_grad():
         out_size = module(torch.zeros(1, *input_shape)).shape[2:]
-    return Windows(
+    return pooling.Windows(
         spatial,
         out_size,
         kernel,
@@ -138,13 +140,23 @@ def _max_pool_bound(module: nn.Module, input_shape: tuple[int, ...]) -> float:
         p = float(module.norm_type)
         if not (p.is_integer() and p % 2 == 0):
             raise UnsupportedModuleError(f"{type(module).__name__} with norm_type {p} is not a p-norm pool")
-        return lp_pool_gain(p, windows)
-    return max_pool_gain(windows)
+        return pooling.lp_pool_gain(p, windows)
+    return pooling.max_pool_gain(windows)
+
+
+def _softmax_bound(module: nn.Softmax | nn.LogSoftmax, input_shape: tuple[int, ...]) -> float:
+    """:func:`~zoo.bounds.pooling.softmax_gain` / :func:`~zoo.bounds.pooling.log_softmax_gain` of the
+    group along ``dim`` (which must be given, and not the batch axis)."""
+    if module.dim is None or module.dim % (len(input_shape) + 1) == 0:
+        raise UnsupportedModuleError(f"{type(module).__name__} needs a dim other than the batch axis")
+    if isinstance(module, nn.Softmax):
+        return pooling.softmax_gain()
+    return pooling.log_softmax_gain(input_shape[module.dim % (len(input_shape) + 1) - 1])
 
 
 def _global_l2_norm_pool_bound(module: GlobalL2NormPool2d, input_shape: tuple[int, ...]) -> float:
     """The L2 norm of each channel: :func:`~zoo.bounds.pooling.reduction_gain` ('norm', 1)."""
-    return reduction_gain("norm", math.prod(input_shape[1:]))
+    return pooling.reduction_gain("norm", math.prod(input_shape[1:]))
 
 
 def _one(module: nn.Module, input_shape: tuple[int, ...]) -> float:
@@ -250,6 +262,8 @@ LEAF_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple[int, ...]], float]]
     nn.LPPool2d: _max_pool_bound,
     ScaledL2NormPool2d: _max_pool_bound,
     GlobalL2NormPool2d: _global_l2_norm_pool_bound,
+    nn.Softmax: _softmax_bound,
+    nn.LogSoftmax: _softmax_bound,
     nn.BatchNorm1d: _batch_norm_bound,
     nn.BatchNorm2d: _batch_norm_bound,
     BatchLipNorm: _batch_lip_norm_bound,

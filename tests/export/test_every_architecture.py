@@ -112,7 +112,7 @@ def test_residual_blocks_of_any_weights_get_the_certifier_bound_from_every_forma
         torch.export.export(block, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module(),
     ]
     bounds = [graph_bound(onnx.load(onnx_path)).lipschitz_bound]
-    bounds += [program_bound(p, shape, batch=2, dtype=torch.float32).lipschitz_bound for p in programs]
+    bounds += [program_bound(p, shape, dtype=torch.float32).lipschitz_bound for p in programs]
     assert bounds == pytest.approx([expected] * 3, rel=1e-9)
 
 
@@ -150,7 +150,7 @@ def test_a_sum_that_is_not_an_adjoint_residual_block_gets_the_general_bound(how,
     torch.onnx.export(block, (torch.zeros(2, *shape),), path, dynamo=True, dynamic_shapes=({0: "batch"},))
     general = _general_residual_bound(block.weight.detach(), shape)
     assert graph_bound(onnx.load(path)).lipschitz_bound == pytest.approx(general, rel=1e-9)
-    program = program_bound(block, shape, batch=2, dtype=torch.float32)
+    program = program_bound(block, shape, dtype=torch.float32)
     assert program.lipschitz_bound == pytest.approx(general, rel=1e-9)
     assert general > 1.5  # and the same weights as a block: about 1
 

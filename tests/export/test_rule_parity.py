@@ -100,6 +100,8 @@ CASES = {
     "amax": Case(lambda: _Function(lambda x: x.amax(dim=3)), ("reduction_gain",)),
     "amin": Case(lambda: _Function(lambda x: x.amin(dim=(1, 2))), ("reduction_gain",)),
     "logsumexp": Case(lambda: _Function(lambda x: x.logsumexp(dim=2)), ("reduction_gain",)),
+    "softmax": Case(lambda: nn.Softmax(dim=1), ("softmax_gain",)),
+    "log softmax": Case(lambda: nn.LogSoftmax(dim=3), ("log_softmax_gain",)),
     "l1 norm": Case(lambda: _Function(lambda x: torch.linalg.vector_norm(x, 1, dim=3)), ("norm_gain",)),
 }
 
@@ -138,9 +140,9 @@ def _bounds(module: nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
         onnx_program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=batch, verbose=False)
         traced = torch.jit.trace(module, example)
     bounds["onnx"] = graph_bound(onnx_program.model_proto).lipschitz_bound
-    bounds["torchscript"] = program_bound(traced, shape, batch=2, dtype=torch.float32).lipschitz_bound
+    bounds["torchscript"] = program_bound(traced, shape, dtype=torch.float32).lipschitz_bound
     exported = torch.export.export(module, (example,), dynamic_shapes=batch).module()
-    bounds["pt2"] = program_bound(exported, shape, batch=2, dtype=torch.float32).lipschitz_bound
+    bounds["pt2"] = program_bound(exported, shape, dtype=torch.float32).lipschitz_bound
     return bounds
 
 

@@ -16,7 +16,12 @@ from torch.nn import functional as F
 
 from zoo.bounds.dense import matrix_norm_bound
 
-__all__ = ["adaptive_average_pool_bound", "adaptive_averaging_matrix", "sparse_matrix_norm_bound"]
+__all__ = [
+    "adaptive_average_pool_bound",
+    "adaptive_averaging_matrix",
+    "kronecker_norm_bound",
+    "sparse_matrix_norm_bound",
+]
 
 
 def adaptive_averaging_matrix(size: int, out: int) -> torch.Tensor:
@@ -36,6 +41,22 @@ def adaptive_average_pool_bound(input_size: Sequence[int], output_size: Sequence
     bound = 1.0
     for size, out in zip(input_size, output_size, strict=True):
         bound *= matrix_norm_bound(adaptive_averaging_matrix(size, out or size))
+    return bound
+
+
+def kronecker_norm_bound(factors: Sequence[np.ndarray | torch.Tensor]) -> float:
+    """Norm of the Kronecker product of ``factors`` (dense matrices): the product of their norms
+    (the singular values of ``A (x) B`` are the products of theirs). A separable map of the spatial
+    axes (a resize, whose interpolation acts on each axis alone) is such a product of one matrix per
+    axis, applied to each channel alike."""
+    bound = 1.0
+    for factor in factors:
+        matrix = (
+            factor
+            if isinstance(factor, torch.Tensor)
+            else torch.from_numpy(np.asarray(factor, dtype=np.float64))
+        )
+        bound *= matrix_norm_bound(matrix)
     return bound
 
 

@@ -1,4 +1,4 @@
-"""Sound upper bounds of the L2 operator norm of 1-D and 2-D convolutions (torch semantics).
+"""Sound upper bounds of the L2 operator norm of 1-D, 2-D and 3-D convolutions (torch semantics).
 
 A convolution layer, bias excluded, is a linear map from ``R^(c_in * prod(n))`` to
 ``R^(c_out * prod(out))`` for inputs of spatial size ``n``. Its L2 operator norm (largest singular
@@ -182,16 +182,16 @@ def conv_geometry(
     """Check torch ``nn.ConvNd`` arguments and normalise them.
 
     Args:
-        weight_shape: ``(c_out, c_in / groups, *kernel)`` with 1 or 2 spatial dims.
+        weight_shape: ``(c_out, c_in / groups, *kernel)`` with 1, 2 or 3 spatial dims.
         padding: int, per-dim tuple (symmetric), ``'valid'`` (0) or ``'same'`` (stride 1 only; total
             ``dilation * (k - 1)`` per dim, the extra pixel of an odd total on the right, as torch).
 
     Raises:
         ValueError: naming the offending argument.
     """
-    if len(weight_shape) not in (3, 4):
+    if len(weight_shape) not in (3, 4, 5):
         raise ValueError(
-            "weight must have shape (c_out, c_in / groups, *kernel) with 1 or 2 spatial dims, "
+            "weight must have shape (c_out, c_in / groups, *kernel) with 1, 2 or 3 spatial dims, "
             f"got shape {tuple(weight_shape)}"
         )
     c_out, c_in_per_group, *kernel = weight_shape
@@ -241,7 +241,7 @@ def apply_conv(weight: torch.Tensor, inputs: torch.Tensor, geometry: ConvGeometr
     torch_pads = [p for pair in reversed(geometry.pads) for p in pair]  # last dim first
     mode = "constant" if geometry.padding_mode == "zeros" else geometry.padding_mode
     padded = F.pad(inputs, torch_pads, mode=mode)
-    conv = F.conv1d if len(geometry.kernel) == 1 else F.conv2d
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(geometry.kernel) - 1]
     return conv(padded, weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups)
 
 
@@ -522,10 +522,10 @@ def conv_bound(
     padding_mode: str = "zeros",
     method: str = "auto",
 ) -> float:
-    """Sound upper bound of the L2 operator norm of torch's conv1d / conv2d (bias excluded).
+    """Sound upper bound of the L2 operator norm of torch's conv1d / conv2d / conv3d (bias excluded).
 
     Args:
-        weight: ``(c_out, c_in / groups, *kernel)`` with 1 or 2 spatial dims, any float dtype and
+        weight: ``(c_out, c_in / groups, *kernel)`` with 1, 2 or 3 spatial dims, any float dtype and
             device (converted to float64 on the CPU; a ``Parameter`` can be passed as is).
         input_size: spatial size of the inputs, e.g. ``(32, 32)``; ``None`` for a bound valid for
             every input size (see the module docstring: the supremum of the symbol over continuous

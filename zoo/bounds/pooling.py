@@ -19,7 +19,8 @@ padding. Every pool below acts on each channel alike, so its norm is that of one
   border windows are divided by their number of real pixels, which is a product over axes, so the
   map is the Kronecker product of one matrix per axis (:func:`averaging_matrix`) and its norm is the
   product of theirs (exact).
-* Reductions of groups of ``n`` values (:func:`reduction_gain`).
+* Reductions of groups of ``n`` values (:func:`reduction_gain`), and the softmax and log-softmax of
+  each group (:func:`softmax_gain`, :func:`log_softmax_gain`).
 
 Tested against dense matrices, brute-force coverage counts and autograd in
 ``tests/zoo/test_bounds_pooling.py``.
@@ -42,10 +43,12 @@ __all__ = [
     "Windows",
     "average_pool_gain",
     "averaging_matrix",
+    "log_softmax_gain",
     "lp_pool_gain",
     "max_pool_gain",
     "norm_gain",
     "reduction_gain",
+    "softmax_gain",
     "window_coverage",
     "window_spread",
 ]
@@ -184,6 +187,27 @@ def window_spread(windows: Windows, count_include_pad: bool = True) -> float:
     if count_include_pad:
         return windows.coverage() / math.prod(windows.kernel)
     return math.prod(float(averaging_matrix(*axis, False).sum(axis=0).max()) for axis in windows.axes())
+
+
+def softmax_gain() -> float:
+    """Softmax over a group of values: 1/2.
+
+    Its Jacobian at ``p = softmax(z)`` is ``diag(p) - p p^T``, symmetric, with row ``i`` holding
+    ``p_i (1 - p_i)`` on the diagonal and off-diagonal entries of moduli summing to ``p_i (1 - p_i)``:
+    by Gershgorin every eigenvalue is at most ``2 p_i (1 - p_i) <= 1/2`` (and at least 0). Attained
+    in the limit of two equal logits far above the others.
+    """
+    return 0.5
+
+
+def log_softmax_gain(count: int) -> float:
+    """Log-softmax over a group of ``count`` values: ``sqrt(count)``.
+
+    Its Jacobian is ``I - 1 p^T``; ``(I - p 1^T)(I - 1 p^T) = I - p 1^T - 1 p^T + n p p^T`` is the
+    identity off ``span(1, p)`` and has the eigenvalues 0 and ``n ||p||^2`` on it (with ``1^T p = 1``),
+    so the norm is ``sqrt(max(1, n ||p||^2)) <= sqrt(n)``, approached when one logit dominates.
+    """
+    return math.sqrt(count)
 
 
 REDUCTIONS = ("max", "min", "logsumexp", "sum", "mean", "norm")
