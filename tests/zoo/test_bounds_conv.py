@@ -272,3 +272,26 @@ def test_non_finite_weight_raises():
     weight[0, 0, 1, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         conv_bound(weight, input_size=(8, 8))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular", "reflect"])
+@pytest.mark.parametrize(("stride", "dilation"), [(1, 1), ((1, 2, 1), 1), (1, (2, 1, 1))])
+def test_3d_convolutions_are_bounded_by_every_method(padding_mode, stride, dilation):
+    """Conv3d: the exact method is the norm of torch's operator, the FFT one bounds it."""
+    torch.manual_seed(5)
+    weight = torch.randn(3, 2, 3, 2, 3, dtype=torch.float64)
+    arguments = {"input_size": (5, 4, 6), "stride": stride, "padding": 1, "dilation": dilation}
+    arguments["padding_mode"] = padding_mode
+    matrix = conv_operator_matrix(weight, **arguments)
+    inputs = torch.randn(2, 2, 5, 4, 6, dtype=torch.float64)
+    module = torch.nn.Conv3d(
+        2, 3, (3, 2, 3), stride, 1, dilation, bias=False, padding_mode=padding_mode
+    ).double()
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        torch.testing.assert_close((matrix @ inputs.flatten(1).T).T, module(inputs).flatten(1))
+    exact = float(torch.linalg.matrix_norm(matrix, 2))
+    assert conv_bound(weight, method="exact", **arguments) == pytest.approx(
+        exact * (1 + RELATIVE_MARGIN), rel=1e-9
+    )
+    assert exact <= conv_bound(weight, method="fft", **arguments)
