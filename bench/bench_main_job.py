@@ -37,7 +37,7 @@ def main_job_steps(readme: Path) -> list[str]:
 
 
 def is_install(step: str) -> bool:
-    return step.startswith("python3 -m venv") or " pip install" in f" {step}"
+    return step.startswith("python3 -m venv") or re.search(r"\bpip install\b", step) is not None
 
 
 def cpu_seconds() -> float:
