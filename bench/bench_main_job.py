@@ -51,10 +51,14 @@ def run_step(step: str, clone: Path, install: bool) -> tuple[float, float]:
         command, environment = ["bash", "-c", step], dict(os.environ)
     else:
         words = shlex.split(step)
-        if words[0] != ZOO:
+        assignments = {}  # the step's leading NAME=value words set its environment, as in a shell
+        while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+            name, _, value = words.pop(0).partition("=")
+            assignments[name] = value
+        if not words or words[0] != ZOO:
             raise SystemExit(f"cannot run {step!r} without --install (only {ZOO} commands are)")
         command = [sys.executable, "-m", "zoo", *words[1:]]
-        environment = {**os.environ, "PYTHONPATH": str(clone)}
+        environment = {**os.environ, **assignments, "PYTHONPATH": str(clone)}
     cpu, wall = cpu_seconds(), time.perf_counter()
     result = subprocess.run(command, cwd=clone, env=environment, capture_output=True, text=True, check=False)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
