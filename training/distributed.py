@@ -17,11 +17,17 @@ import torch.distributed as dist
 
 from zoo.device import DeviceUnavailableError
 
-__all__ = ["DistributedContext", "launched_by_torchrun"]
+__all__ = ["DistributedContext", "launch_rank", "launched_by_torchrun"]
 
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 when run alone), known before the process group
+    is joined."""
+    return int(os.environ.get("RANK", "0"))
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ import io
 import json
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from torch import nn
 
 from training.continual.runner import ContinualProtocol
 from training.data import Dataset, load_dataset
-from training.distributed import DistributedContext, launched_by_torchrun
+from training.distributed import DistributedContext, launch_rank, launched_by_torchrun
+from training.divergence import DivergenceGuard
+from training.lock import hold_run_directory
 from training.progress import RunProgress
 from training.protocol import Run, RunOptions, TrainingProtocol, TrainResult
 from training.supervised import SupervisedProtocol
@@ -163,20 +166,15 @@ def load_state(path: Path, key: str) -> dict[str, Any]:
     return state
 
 
-def _setup(
-    entry: ModelEntry,
-    out_dir: Path,
-    options: RunOptions,
-    protocol: type[TrainingProtocol],
-    data: Dataset | None,
-    console: Console,
-) -> Run:
-    """Resolve the overrides and the device, check what the protocol supports, refuse to overwrite a
-    run unless resuming, load the data, join the data-parallel job.
+def _resolve(
+    entry: ModelEntry, options: RunOptions, protocol: type[TrainingProtocol]
+) -> tuple[int, int, torch.device]:
+    """The run's epochs, seed and device; refuses what the options or the protocol cannot do, before
+    anything is written.
 
     Raises:
-        ValueError: epochs < 1, an unsupported option, or data that does not fit the architecture.
-        TrainingStateError: ``out_dir`` already holds a run and ``options.resume`` is false.
+        ValueError: epochs < 1, bf16 off CUDA or for a protocol without it, torchrun for a
+            single-process protocol.
         DeviceUnavailableError: the device cannot be used.
     """
     epochs = options.epochs if options.epochs is not None else entry.recipe.epochs
@@ -191,6 +189,23 @@ def _setup(
             raise ValueError(f"{entry.name}: {protocol.kind} recipes train in fp32 only")
     if launched_by_torchrun():
         require_data_parallel(entry)
+    return epochs, seed, device
+
+
+def _setup(
+    entry: ModelEntry,
+    out_dir: Path,
+    options: RunOptions,
+    resolved: tuple[int, int, torch.device],
+    data: Dataset | None,
+    console: Console,
+) -> Run:
+    """Refuse to overwrite a run unless resuming, load the data, join the data-parallel job.
+
+    Raises:
+        ValueError: data that does not fit the architecture.
+        TrainingStateError: ``out_dir`` already holds a run and ``options.resume`` is false.
+    """
     state_path = out_dir / STATE_FILE
     if state_path.exists() and not options.resume:
         raise TrainingStateError(
@@ -204,6 +219,7 @@ def _setup(
             f"{entry.name}: architecture.input_shape {tuple(entry.architecture.input_shape)} does not "
             f"match the {entry.recipe.dataset} data shape {data.input_shape}"
         )
+    epochs, seed, device = resolved
     context = DistributedContext.from_environment(device)
     if context.enabled and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -238,8 +254,10 @@ def train(
 ) -> TrainResult | None:
     """Train ``entry``'s recipe and write ``model.safetensors`` (folded, certified) to ``out_dir``.
 
-    Under ``torchrun`` every process calls this; rank 0 alone writes files and returns the result,
-    the other ranks return None (plain recipes only: the others are refused there).
+    The output directory is held for the whole run (:mod:`training.lock`): a second run into it is
+    refused, and what a killed run left there (its lock, unfinished writes) is cleaned first. Under
+    ``torchrun`` every process calls this; rank 0 alone holds the directory, writes files and
+    returns the result, the other ranks return None (plain recipes only: the others are refused).
 
     Args:
         entry: the models.yaml entry whose architecture and recipe to use.
@@ -250,42 +268,62 @@ def train(
 
     Raises:
         ValueError: an invalid option or recipe, or data that does not fit.
+        RunDirectoryError: another run holds ``out_dir``, or it cannot be written.
         TrainingStateError: ``out_dir`` holds a run and ``options.resume`` is false, or a different run.
+        TrainingDivergedError: the loss became non-finite or exploded.
         DeviceUnavailableError: the device cannot be used.
     """
     console = console or Console()
     out_dir = Path(out_dir)
-    run = _setup(entry, out_dir, options, protocol_for(entry), data, console)
-    protocol = protocol_for(entry)(run)
-    state_path = out_dir / STATE_FILE
+    protocol_type = protocol_for(entry)
+    resolved = _resolve(entry, options, protocol_type)
+    with hold_run_directory(out_dir, console) if launch_rank() == 0 else nullcontext():
+        run = _setup(entry, out_dir, options, resolved, data, console)
+        protocol = protocol_type(run)
+        model, history, seconds = _train_units(run, protocol)
+        protocol.end_training()
+        run.context.close()
+        if not run.context.is_main:
+            return None
+        return _finish(run, protocol, model, history, seconds)
+
+
+def _on_step(guard: DivergenceGuard, progress: RunProgress, where: str, loss: float, acc: float) -> None:
+    guard.check(loss, where)
+    progress.step(loss, acc)
+
+
+def _train_units(run: Run, protocol: TrainingProtocol) -> tuple[nn.Module, list[dict[str, Any]], float]:
+    """Build the protocol's model under the run's seed, resume it if asked, train the remaining
+    units (saving the state after each); returns the model, the history and the seconds it took."""
+    entry, console = run.entry, run.console
+    state_path = run.out_dir / STATE_FILE
     key = _recipe_key(entry, run.epochs, run.seed)
+    guard = DivergenceGuard(entry.name, entry.recipe.optimizer.lr)
     with deterministic():
         torch.manual_seed(run.seed)
         model = protocol.build()
         start, history = 0, []
-        if options.resume and state_path.exists():
+        if run.options.resume and state_path.exists():
             state = load_state(state_path, key)
             protocol.load_state_dict(state["protocol"])
             start, history = state["unit"] + 1, list(state["history"])
-            run.console.print(f"resuming {entry.name} from {state_path} after {protocol.unit} {start}")
-        elif options.resume:
-            run.console.print(f"no {STATE_FILE} in {out_dir}: starting {entry.name} from scratch")
+            console.print(f"resuming {entry.name} from {state_path} after {protocol.unit} {start}")
+        elif run.options.resume:
+            console.print(f"no {STATE_FILE} in {run.out_dir}: starting {entry.name} from scratch")
         started = time.perf_counter()
         units = protocol.units()
-        with RunProgress(run.console, entry.name, protocol.unit, units, start, options.progress) as progress:
+        with RunProgress(console, entry.name, protocol.unit, units, start, run.options.progress) as progress:
             for unit in range(start, units):
                 progress.begin_unit(unit, sum(protocol.steps(u) for u in range(unit, units)))
-                history.append(protocol.train_unit(unit, progress.step))
+                on_step = partial(_on_step, guard, progress, f"{protocol.unit} {unit + 1}")
+                history.append(protocol.train_unit(unit, on_step))
                 if run.context.is_main:
                     state = dict(unit=unit, history=history, protocol=protocol.state_dict())
                     save_state(state_path, recipe=key, **state)
                 run.context.barrier()
                 progress.end_unit(unit, history[-1])
-    protocol.end_training()
-    run.context.close()
-    if not run.context.is_main:
-        return None
-    return _finish(run, protocol, model, history, time.perf_counter() - started)
+    return model, history, time.perf_counter() - started
 
 
 def _finish(

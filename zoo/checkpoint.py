@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ __all__ = [
     "atomic_write_bytes",
     "parse_checkpoint",
     "read_checkpoint",
+    "remove_orphan_temporaries",
     "write_checkpoint",
 ]
 
@@ -53,6 +55,10 @@ class CertifiedCheckpoint:
     state_dict: dict[str, torch.Tensor]
     architecture: dict[str, Any]
     certificate: Certificate
+
+
+TEMPORARY_TOKEN_BYTES = 6
+TEMPORARY_NAME = re.compile(rf"\..+\.[0-9a-f]{{{2 * TEMPORARY_TOKEN_BYTES}}}\.tmp")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -84,11 +90,21 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
     0o666 so that the kernel applies the umask exactly as for ``open()``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(TEMPORARY_TOKEN_BYTES)}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
+
+
+def remove_orphan_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write_bytes` that a killed writer left in
+    ``directory`` (``.NAME.<12 hex digits>.tmp``); returns them. Only for a directory the caller
+    owns (no writer may be active in it)."""
+    orphans = sorted(path for path in Path(directory).glob(".*.tmp") if TEMPORARY_NAME.fullmatch(path.name))
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return orphans
 
 
 def write_checkpoint(

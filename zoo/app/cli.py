@@ -297,6 +297,8 @@ def train(
     ] = True,
 ) -> None:
     """Train the recipe of NAME; writes the folded checkpoint with its certificate."""
+    from training.divergence import TrainingDivergedError
+    from training.lock import RunDirectoryError
     from training.trainer import RunOptions, TrainingStateError, require_data_parallel
     from training.trainer import train as run_training
 
@@ -311,7 +313,7 @@ def train(
         precision=precision.value,
         progress=progress,
     )
-    with _user_errors(TrainingStateError):
+    with _user_errors(TrainingStateError, RunDirectoryError, TrainingDivergedError):
         entry = get_entry(name)
         if nproc > 1:
             require_data_parallel(entry)
