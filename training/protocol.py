@@ -48,6 +48,8 @@ class RunOptions:
         data_dir, download: where MNIST / Fashion-MNIST / CIFAR-10 live; fetch them only if asked.
         precision: 'fp32', or 'bf16' autocast (CUDA, plain recipes).
         progress: show progress (a bar on a terminal, one line per epoch otherwise).
+        threads: torch threads to compute with (default: the count recorded by the run being
+            resumed or by the entry's shipped model, else torch's; see :mod:`training.threads`).
     """
 
     epochs: int | None = None
@@ -58,6 +60,7 @@ class RunOptions:
     download: bool = False
     precision: str = "fp32"
     progress: bool = True
+    threads: int | None = None
 
 
 @dataclass(frozen=True)

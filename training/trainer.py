@@ -33,6 +33,7 @@ from training.lock import hold_run_directory
 from training.progress import RunProgress
 from training.protocol import Run, RunOptions, TrainingProtocol, TrainResult
 from training.supervised import SupervisedProtocol
+from training.threads import chosen_thread_count, torch_threads
 from training.transfer.recipe import parse_transfer
 from training.transfer.tasks import class_subset
 from training.transfer.train import TransferProtocol
@@ -196,22 +197,17 @@ def _setup(
     entry: ModelEntry,
     out_dir: Path,
     options: RunOptions,
-    resolved: tuple[int, int, torch.device],
+    epochs: int,
+    seed: int,
+    device: torch.device,
     data: Dataset | None,
     console: Console,
 ) -> Run:
-    """Refuse to overwrite a run unless resuming, load the data, join the data-parallel job.
+    """Load the data, join the data-parallel job.
 
     Raises:
         ValueError: data that does not fit the architecture.
-        TrainingStateError: ``out_dir`` already holds a run and ``options.resume`` is false.
     """
-    state_path = out_dir / STATE_FILE
-    if state_path.exists() and not options.resume:
-        raise TrainingStateError(
-            f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
-            "or choose another --out"
-        )
     if data is None:
         data = load_dataset(entry.recipe.dataset, options.data_dir, options.download)
     if tuple(entry.architecture.input_shape) != data.input_shape:
@@ -219,7 +215,6 @@ def _setup(
             f"{entry.name}: architecture.input_shape {tuple(entry.architecture.input_shape)} does not "
             f"match the {entry.recipe.dataset} data shape {data.input_shape}"
         )
-    epochs, seed, device = resolved
     context = DistributedContext.from_environment(device)
     if context.enabled and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -276,16 +271,41 @@ def train(
     console = console or Console()
     out_dir = Path(out_dir)
     protocol_type = protocol_for(entry)
-    resolved = _resolve(entry, options, protocol_type)
+    epochs, seed, device = _resolve(entry, options, protocol_type)
+    key = _recipe_key(entry, epochs, seed)
     with hold_run_directory(out_dir, console) if launch_rank() == 0 else nullcontext():
-        run = _setup(entry, out_dir, options, resolved, data, console)
-        protocol = protocol_type(run)
-        model, history, seconds = _train_units(run, protocol)
-        protocol.end_training()
-        run.context.close()
-        if not run.context.is_main:
-            return None
-        return _finish(run, protocol, model, history, seconds)
+        state = _previous_state(out_dir, options.resume, key)
+        threads, source = chosen_thread_count(options.threads, state, entry)
+        with torch_threads(threads):
+            run = _setup(entry, out_dir, options, epochs, seed, device, data, console)
+            if threads is not None and source != "--threads":
+                run.console.print(
+                    f"{entry.name}: {threads} torch thread(s), as {source} (--threads to change)"
+                )
+            protocol = protocol_type(run)
+            model, history, seconds = _train_units(run, protocol, state, key)
+            protocol.end_training()
+            run.context.close()
+            if not run.context.is_main:
+                return None
+            return _finish(run, protocol, model, history, seconds)
+
+
+def _previous_state(out_dir: Path, resume: bool, key: str) -> dict[str, Any] | None:
+    """The training state ``out_dir`` holds, to resume (None if there is none).
+
+    Raises:
+        TrainingStateError: there is one and ``resume`` is false, or it is unreadable or another run's.
+    """
+    state_path = out_dir / STATE_FILE
+    if not state_path.exists():
+        return None
+    if not resume:
+        raise TrainingStateError(
+            f"{out_dir} already holds a training run ({STATE_FILE}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    return load_state(state_path, key)
 
 
 def _on_step(guard: DivergenceGuard, progress: RunProgress, where: str, loss: float, acc: float) -> None:
@@ -293,19 +313,20 @@ def _on_step(guard: DivergenceGuard, progress: RunProgress, where: str, loss: fl
     progress.step(loss, acc)
 
 
-def _train_units(run: Run, protocol: TrainingProtocol) -> tuple[nn.Module, list[dict[str, Any]], float]:
-    """Build the protocol's model under the run's seed, resume it if asked, train the remaining
-    units (saving the state after each); returns the model, the history and the seconds it took."""
+def _train_units(
+    run: Run, protocol: TrainingProtocol, state: dict[str, Any] | None, key: str
+) -> tuple[nn.Module, list[dict[str, Any]], float]:
+    """Build the protocol's model under the run's seed, load ``state`` into it if resuming, train
+    the remaining units (saving the state, recipe ``key``, after each); returns the model, the
+    history and the seconds it took."""
     entry, console = run.entry, run.console
     state_path = run.out_dir / STATE_FILE
-    key = _recipe_key(entry, run.epochs, run.seed)
     guard = DivergenceGuard(entry.name, entry.recipe.optimizer.lr)
     with deterministic():
         torch.manual_seed(run.seed)
         model = protocol.build()
         start, history = 0, []
-        if run.options.resume and state_path.exists():
-            state = load_state(state_path, key)
+        if state is not None:
             protocol.load_state_dict(state["protocol"])
             start, history = state["unit"] + 1, list(state["history"])
             console.print(f"resuming {entry.name} from {state_path} after {protocol.unit} {start}")
@@ -319,8 +340,14 @@ def _train_units(run: Run, protocol: TrainingProtocol) -> tuple[nn.Module, list[
                 on_step = partial(_on_step, guard, progress, f"{protocol.unit} {unit + 1}")
                 history.append(protocol.train_unit(unit, on_step))
                 if run.context.is_main:
-                    state = dict(unit=unit, history=history, protocol=protocol.state_dict())
-                    save_state(state_path, recipe=key, **state)
+                    save_state(
+                        state_path,
+                        recipe=key,
+                        unit=unit,
+                        history=history,
+                        protocol=protocol.state_dict(),
+                        torch_threads=torch.get_num_threads(),
+                    )
                 run.context.barrier()
                 progress.end_unit(unit, history[-1])
     return model, history, time.perf_counter() - started
@@ -345,7 +372,8 @@ def _finish(
         **evaluate(folded, data.x_test, data.y_test, certificate.lipschitz_bound),
         "epochs": run.epochs,
         "seed": run.seed,
-        # Float sums depend on the thread count: reproducing a run bit for bit needs the same one.
+        # Float sums depend on the thread count: reproducing a run bit for bit needs the same one
+        # (training.threads applies it again).
         "torch_threads": torch.get_num_threads(),
         "train_seconds_this_run": round(seconds, 2),
         "history": history,

@@ -147,10 +147,46 @@ def test_download_and_precision_reach_every_kind_of_recipe(name, tmp_path, monke
 def test_progress_is_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path):
     result = CliRunner().invoke(app, ["train", DIGITS_MODEL, "--epochs", "2", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    lines = result.stderr.splitlines()
+    note, *lines = result.stderr.splitlines()
+    assert note == f"{DIGITS_MODEL}: 1 torch thread(s), as the shipped {DIGITS_MODEL} (--threads to change)"
     figures = r"loss \d\.\d{4}, accuracy \d+\.\d\d %, \d+\.\d s, ETA \d:\d\d:\d\d"
     pattern = rf"{DIGITS_MODEL} epoch (\d)/2: {figures}"
     assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["1", "2"], lines
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert f"loss {history[1]['loss']:.4f}, accuracy {100 * history[1]['accuracy']:.2f} %" in lines[1]
     assert "clean accuracy" in result.stdout and "clean accuracy" not in result.stderr
+
+
+def test_the_recorded_thread_count_is_applied_and_restored(tmp_path, digits, monkeypatch):
+    """The shipped model was trained with 1 thread: `zoo train NAME` uses 1 whatever torch's default;
+    a resumed run uses its own count; --threads overrides both; the caller's count is restored."""
+    assert get_entry(DIGITS_MODEL).metrics["torch_threads"] == 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        console = Console(record=True, width=300)
+        options = RunOptions(epochs=1, progress=False)
+        shipped = train(get_entry(DIGITS_MODEL), tmp_path / "a", options, data=digits, console=console)
+        assert shipped.metrics["torch_threads"] == 1 and torch.get_num_threads() == 2
+        assert f"{DIGITS_MODEL}: 1 torch thread(s), as the shipped {DIGITS_MODEL}" in console.export_text()
+
+        real_save = trainer.save_state
+
+        def save_then_stop(*args, **state):
+            real_save(*args, **state)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(trainer, "save_state", save_then_stop)
+        two = RunOptions(epochs=2, threads=2, progress=False)
+        with pytest.raises(KeyboardInterrupt):
+            train(get_entry(DIGITS_MODEL), tmp_path / "b", two, data=digits, console=Console(quiet=True))
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(trainer, "save_state", real_save)
+        torch.set_num_threads(1)
+        console = Console(record=True, width=300)
+        resume = RunOptions(epochs=2, resume=True, progress=False)
+        resumed = train(get_entry(DIGITS_MODEL), tmp_path / "b", resume, data=digits, console=console)
+        assert resumed.metrics["torch_threads"] == 2 and torch.get_num_threads() == 1
+        assert "2 torch thread(s), as the run being resumed" in console.export_text()
+    finally:
+        torch.set_num_threads(previous)

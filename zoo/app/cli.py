@@ -292,6 +292,13 @@ def train(
     download: Annotated[bool, typer.Option(help="download the dataset into --data-dir if missing")] = False,
     precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast (CUDA only)")] = Precision.fp32,
     nproc: Annotated[int, typer.Option(help="processes to launch with torchrun (data parallel)")] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="torch threads (default: the count the resumed run or the shipped model was trained with; "
+            "results depend on it in the last bits)"
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option(help="show progress on stderr: a bar on a terminal, else one line per epoch")
     ] = True,
@@ -312,14 +319,16 @@ def train(
         download=download,
         precision=precision.value,
         progress=progress,
+        threads=threads,
     )
     with _user_errors(TrainingStateError, RunDirectoryError, TrainingDivergedError):
         entry = get_entry(name)
         if nproc > 1:
             require_data_parallel(entry)
             raise typer.Exit(_launch_torchrun(nproc, name, asdict(options) | {"out": out}))
-        # Progress and messages go to stderr (a log when it is not a terminal), results to stdout.
-        result = run_training(entry, out, options, console=errors)
+        # Progress and messages go to stderr (a log when it is not a terminal: lines never wrapped),
+        # results to stdout.
+        result = run_training(entry, out, options, console=Console(stderr=True, soft_wrap=True))
     if result is None:  # a non-zero rank of a torchrun job: rank 0 reports
         return
     metrics = result.metrics
