@@ -30,6 +30,7 @@ from training.data import Dataset, load_dataset
 from training.distributed import DistributedContext, launch_rank, launched_by_torchrun
 from training.divergence import DivergenceGuard
 from training.lock import hold_run_directory
+from training.own_data import is_own_data
 from training.progress import RunProgress
 from training.protocol import Run, RunOptions, TrainingProtocol, TrainResult
 from training.supervised import SupervisedProtocol
@@ -134,13 +135,14 @@ def evaluation_split(entry: ModelEntry, data: Dataset) -> tuple[torch.Tensor, to
     return task.x_test, task.y_test
 
 
-def _recipe_key(entry: ModelEntry, epochs: int, seed: int) -> str:
-    """What a resumed training state must have been written for: architecture, recipe, epochs, seed."""
+def _recipe_key(entry: ModelEntry, epochs: int, seed: int, data: Dataset | None) -> str:
+    """What a resumed training state must have been written for: architecture, recipe, epochs, seed,
+    and for the user's own data its preprocessing record (file, resize, split...)."""
     recipe = entry.recipe.model_dump() | {"epochs": epochs, "seed": seed}
-    return json.dumps(
-        {"architecture": entry.architecture.model_dump(mode="json"), "recipe": recipe},
-        sort_keys=True,
-    )
+    key = {"architecture": entry.architecture.model_dump(mode="json"), "recipe": recipe}
+    if data is not None and is_own_data(data):
+        key["data"] = data.preprocessing
+    return json.dumps(key, sort_keys=True)
 
 
 def save_state(path: Path, **state: Any) -> None:
@@ -272,7 +274,7 @@ def train(
     out_dir = Path(out_dir)
     protocol_type = protocol_for(entry)
     epochs, seed, device = _resolve(entry, options, protocol_type)
-    key = _recipe_key(entry, epochs, seed)
+    key = _recipe_key(entry, epochs, seed, data)
     with hold_run_directory(out_dir, console) if launch_rank() == 0 else nullcontext():
         state = _previous_state(out_dir, options.resume, key)
         threads, source = chosen_thread_count(options.threads, state, entry)

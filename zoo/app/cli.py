@@ -31,6 +31,7 @@ from zoo.registry import ModelEntry, RegistryError, get_entry, load_registry
 if TYPE_CHECKING:  # export is imported inside the commands only (it needs the `export` extra)
     from export.propagation import Progress
     from export.verify import VerificationReport
+    from training.data import Dataset
 
 app = typer.Typer(
     help="Certified 1-Lipschitz networks: train, certify, export and serve them.",
@@ -70,6 +71,13 @@ class Precision(StrEnum):
     bf16 = "bf16"
 
 
+class Layout(StrEnum):
+    """Axis order of the 4-D image arrays of an .npz: (N, C, H, W) or (N, H, W, C)."""
+
+    nchw = "nchw"
+    nhwc = "nhwc"
+
+
 class TritonInstances(StrEnum):
     """Where Triton runs the model instances of an exported repository."""
 
@@ -81,6 +89,7 @@ class TritonInstances(StrEnum):
 EXTRA_OF_MODULE = {
     "sklearn": "train",
     "torchvision": "train",
+    "PIL": "train",
     "onnxscript": "export",
     "fastapi": "serve",
     "uvicorn": "serve",
@@ -302,10 +311,29 @@ def train(
     progress: Annotated[
         bool, typer.Option(help="show progress on stderr: a bar on a terminal, else one line per epoch")
     ] = True,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="train on your own data: an image folder (one subfolder per class) or an .npz "
+            "(x_train, y_train[, x_test, y_test, class_names]); input shape and classes come from it",
+        ),
+    ] = None,
+    layout: Annotated[
+        Layout | None, typer.Option(help="axis order of 4-D .npz images (default: detected)")
+    ] = None,
+    resize: Annotated[
+        str | None, typer.Option(metavar="HxW", help="resize every image of a folder to HxW (bilinear)")
+    ] = None,
+    test_fraction: Annotated[
+        float, typer.Option(help="test share of a stratified split, for --data without a test split")
+    ] = 0.2,
 ) -> None:
-    """Train the recipe of NAME; writes the folded checkpoint with its certificate."""
+    """Train the recipe of NAME (on its dataset, or on --data); writes the folded checkpoint with its
+    certificate."""
     from training.divergence import TrainingDivergedError
     from training.lock import RunDirectoryError
+    from training.own_data import DataError, adapt_entry, load_own_data, parse_resize
     from training.trainer import RunOptions, TrainingStateError, require_data_parallel
     from training.trainer import train as run_training
 
@@ -321,14 +349,25 @@ def train(
         progress=progress,
         threads=threads,
     )
-    with _user_errors(TrainingStateError, RunDirectoryError, TrainingDivergedError):
+    # Progress and messages go to stderr (a log when it is not a terminal: lines never wrapped),
+    # results to stdout.
+    log = Console(stderr=True, soft_wrap=True)
+    with _user_errors(TrainingStateError, RunDirectoryError, TrainingDivergedError, DataError):
         entry = get_entry(name)
+        own_data = None
+        if data is not None:
+            size = parse_resize(resize) if resize is not None else None
+            layout_name = layout.value if layout is not None else None
+            own_data = load_own_data(data, layout=layout_name, resize=size, test_fraction=test_fraction)
+            entry = adapt_entry(entry, own_data)
+            log.print(_describe_own_data(own_data))
+        elif resize is not None or layout is not None:
+            raise typer.BadParameter("--resize and --layout describe --data", param_hint="--data")
         if nproc > 1:
             require_data_parallel(entry)
-            raise typer.Exit(_launch_torchrun(nproc, name, asdict(options) | {"out": out}))
-        # Progress and messages go to stderr (a log when it is not a terminal: lines never wrapped),
-        # results to stdout.
-        result = run_training(entry, out, options, console=Console(stderr=True, soft_wrap=True))
+            own_flags = dict(data=data, layout=layout, resize=resize, test_fraction=test_fraction)
+            raise typer.Exit(_launch_torchrun(nproc, name, asdict(options) | {"out": out} | own_flags))
+        result = run_training(entry, out, options, data=own_data, console=log)
     if result is None:  # a non-zero rank of a torchrun job: rank 0 reports
         return
     metrics = result.metrics
@@ -344,6 +383,64 @@ def train(
 
 
 EXPECT_SHA256_HELP = "refuse the file unless its sha256 is this (pin a file obtained elsewhere)"
+
+
+@app.command()
+@_needs_extra("predict")
+def predict(
+    checkpoint: Annotated[
+        str, typer.Argument(metavar="CHECKPOINT", help="a checkpoint trained on images (zoo train --data)")
+    ],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="image files to classify")],
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON (one object per image)")] = False,
+    expect_sha256: Annotated[str | None, typer.Option(help=EXPECT_SHA256_HELP)] = None,
+) -> None:
+    """Class, margin and certified L2 radius of each image, preprocessed as the model's training
+    images were (mode, resize, scale: the certificate's record)."""
+    import torch
+
+    from training.own_data import DataError, image_input
+
+    certified = _load_or_exit(checkpoint, "predict", expect_sha256)
+    with _user_errors(DataError):
+        shape = certified.certificate.input_shape
+        inputs = torch.stack([image_input(path, certified.preprocessing, shape) for path in images])
+        predictions = certified.predict(inputs)
+    names = certified.preprocessing.get("classes") or []
+    rows = [
+        {
+            "image": str(path),
+            "class": int(label),
+            "label": names[int(label)] if int(label) < len(names) else str(int(label)),
+            "margin": float(margin),
+            "certified_radius": float(radius),
+        }
+        for path, label, margin, radius in zip(
+            images, predictions.predicted_class, predictions.margin, predictions.certified_radius, strict=True
+        )
+    ]
+    if json_output:
+        console.print_json(json.dumps(rows))
+        return
+    table = compact_table(
+        caption=f"certified L2 radius in the input space: {certified.preprocessing['transform']}"
+    )
+    for column in ("image", "class", "margin", "certified radius"):
+        table.add_column(column, justify="left" if column in ("image", "class") else "right")
+    for row in rows:
+        table.add_row(row["image"], row["label"], f"{row['margin']:.6f}", f"{row['certified_radius']:.6f}")
+    print_table(console, f"{checkpoint}: bound {certified.certificate.lipschitz_bound:.6f}", table)
+
+
+def _describe_own_data(data: Dataset) -> str:
+    """One line: where the data came from, its classes, split sizes and input shape."""
+    record = data.preprocessing
+    classes = record["classes"]
+    shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+    return (
+        f"data: {record['source']} {record['path']}: {len(classes)} classes ({shown}), "
+        f"{len(data.y_train)} train / {len(data.y_test)} test examples, inputs {data.input_shape}"
+    )
 
 
 def _load_or_exit(source: str, command: str, expected_sha256: str | None = None) -> CertifiedModel:
