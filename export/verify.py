@@ -64,16 +64,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
-from google.protobuf.message import DecodeError
 
 from export.onnx_graph import graph_bound
+from export.onnx_loading import load_onnx
 from export.propagation import GraphBound, Progress, UnsupportedOpError, VerificationError
 from export.pt2_loading import load_pt2
 from export.torch_graph import exported_program_bound, torchscript_bound
 from export.writers import CERTIFICATE_KEY, load_torchscript
 from zoo.certificate import Certificate, LayerBound
+from zoo.limits import DEFAULT_MAX_ELEMENTS, SizeLimitError, check_elements
 
 __all__ = [
     "BOUND_TOLERANCE",
@@ -137,6 +137,22 @@ class VerificationReport:
             "problems": list(self.problems),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerificationReport:
+        """The report :meth:`to_dict` describes (how a confined verification reports back)."""
+        return cls(
+            artifact=data["artifact"],
+            format=data["format"],
+            lipschitz_bound=float(data["lipschitz_bound"]),
+            input_shape=tuple(data["input_shape"]),
+            layers=tuple(
+                LayerBound(layer["name"], layer["op"], float(layer["bound"]), tuple(layer["input_shape"]))
+                for layer in data["layers"]
+            ),
+            embedded=None if data["embedded"] is None else Certificate.from_dict(data["embedded"]),
+            problems=tuple(data["problems"]),
+        )
+
 
 def _problems(computed: GraphBound, embedded: Certificate | None) -> tuple[str, ...]:
     if embedded is None:
@@ -198,22 +214,22 @@ def _report(
 
 
 def verify_onnx(
-    path: str | os.PathLike, progress: Progress | None = None, input_shape: Sequence[int] | None = None
+    path: str | os.PathLike,
+    progress: Progress | None = None,
+    input_shape: Sequence[int] | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> VerificationReport:
     """Recompute the bound of the ONNX file at ``path`` from its graph and initializers and compare
     it with the certificate in its ``metadata_props``; ``progress`` is told of each node, and the
-    graph must take ``input_shape`` when it is given.
+    graph must take ``input_shape`` when it is given. What the file declares is checked first
+    (:func:`export.onnx_loading.load_onnx`, one example of at most ``max_elements`` elements).
 
     Raises:
-        VerificationError: unreadable or invalid file, malformed certificate, or a graph that cannot
-            be bounded (:class:`UnsupportedOpError` for an op without a rule, naming it).
+        VerificationError: unreadable, invalid or refused file, malformed certificate, or a graph that
+            cannot be bounded (:class:`UnsupportedOpError` for an op without a rule, naming it).
     """
     path = _existing(path)
-    try:
-        model = onnx.load(os.fspath(path))
-        onnx.checker.check_model(model)
-    except (DecodeError, onnx.checker.ValidationError, OSError, ValueError) as error:
-        raise VerificationError(f"{path}: not a readable ONNX file ({error})") from error
+    model = load_onnx(path, max_elements)
     texts = [entry.value for entry in model.metadata_props if entry.key == CERTIFICATE_KEY]
     if len(texts) > 1:
         raise VerificationError(f"{path}: {len(texts)} certificates are embedded, expected one")
@@ -222,7 +238,10 @@ def verify_onnx(
 
 
 def verify_torchscript(
-    path: str | os.PathLike, progress: Progress | None = None, input_shape: Sequence[int] | None = None
+    path: str | os.PathLike,
+    progress: Progress | None = None,
+    input_shape: Sequence[int] | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> VerificationReport:
     """Recompute the bound of the TorchScript file at ``path`` by running its program on a tracked
     input of one example's shape, and compare with the certificate in its ``_extra_files``;
@@ -244,12 +263,19 @@ def verify_torchscript(
             "its bound depends on: give it (--input-shape C,H,W)"
         )
     shape = embedded.input_shape if embedded is not None else tuple(input_shape)
+    try:
+        check_elements(shape, "one input example", max_elements)
+    except SizeLimitError as error:
+        raise VerificationError(f"{path}: refused: {error}") from None
     compute = functools.partial(torchscript_bound, module, shape, torch.float32, progress)
     return _report(path, "torchscript", embedded, compute, input_shape)
 
 
 def verify_pt2(
-    path: str | os.PathLike, progress: Progress | None = None, input_shape: Sequence[int] | None = None
+    path: str | os.PathLike,
+    progress: Progress | None = None,
+    input_shape: Sequence[int] | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> VerificationReport:
     """Recompute the bound of the torch.export file at ``path`` by running its program on a tracked
     input of the shape its graph records, and compare with the certificate in its ``extra_files``;
@@ -260,7 +286,7 @@ def verify_pt2(
             a fixed batch larger than 1.
     """
     path = _existing(path)
-    program, text = load_pt2(path, CERTIFICATE_KEY)
+    program, text = load_pt2(path, CERTIFICATE_KEY, max_elements)
     embedded = _parse_certificate(text, path) if text else None
     return _report(
         path, "pt2", embedded, functools.partial(exported_program_bound, program, progress), input_shape
@@ -268,7 +294,7 @@ def verify_pt2(
 
 
 _VERIFIERS: dict[
-    str, Callable[[str | os.PathLike, Progress | None, Sequence[int] | None], VerificationReport]
+    str, Callable[[str | os.PathLike, Progress | None, Sequence[int] | None, int], VerificationReport]
 ] = {
     ".onnx": verify_onnx,
     ".pt": verify_torchscript,
@@ -277,16 +303,23 @@ _VERIFIERS: dict[
 
 
 def verify_artifact(
-    path: str | os.PathLike, progress: Progress | None = None, input_shape: Sequence[int] | None = None
+    path: str | os.PathLike,
+    progress: Progress | None = None,
+    input_shape: Sequence[int] | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> VerificationReport:
     """Verify the artifact at ``path``, chosen by its suffix: ``.onnx``, ``.pt`` (TorchScript) or
     ``.pt2`` (torch.export); ``progress`` is told of each op (see :data:`Progress`). ``input_shape``
     (one example's) is needed for a TorchScript file without a certificate, the only case where the
-    file does not record it; otherwise the file's must equal it.
+    file does not record it; otherwise the file's must equal it. A file declaring an input example of
+    more than ``max_elements`` elements is refused before anything is allocated for it.
+
+    This runs the file's program in this process: for files of unknown origin use
+    :func:`export.sandbox.verify_confined`.
     """
     suffix = Path(path).suffix
     if suffix not in _VERIFIERS:
         raise VerificationError(
             f"{path}: unknown artifact type {suffix!r} (expected one of {list(_VERIFIERS)})"
         )
-    return _VERIFIERS[suffix](path, progress, input_shape)
+    return _VERIFIERS[suffix](path, progress, input_shape, max_elements)

@@ -16,6 +16,7 @@ import onnx
 import torch
 from torch import nn
 
+from export.archives import read_archive
 from export.propagation import VerificationError
 from export.pt2_loading import load_pt2
 from zoo.certificate import Certificate
@@ -121,17 +122,25 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, s
     """The module of the TorchScript file at ``path`` (on the CPU) and the text of its embedded
     certificate ('' when it has none).
 
+    The archive is checked first (:func:`export.archives.read_archive`: torch's reader, no duplicated
+    entry, no deflate bomb) and torch.jit.load reads those same bytes. Loading a TorchScript file
+    unpickles nothing but tensors and TorchScript values, yet its program can do what aten operators
+    can (``aten::from_file`` maps files): ``zoo verify`` runs it confined (:mod:`export.sandbox`).
+
     Raises:
-        VerificationError: an unreadable file.
+        VerificationError: an unreadable or refused file.
     """
-    extra = {CERTIFICATE_KEY: ""}
+    archive = read_archive(path, "TorchScript")
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated: torch.jit.load warns
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-            module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+            module = torch.jit.load(io.BytesIO(archive.data), map_location="cpu")
+        entry = f"extra/{CERTIFICATE_KEY}"
+        text = archive.read(entry).decode() if entry in archive.sizes else ""
     except (RuntimeError, ValueError, OSError) as error:
-        raise VerificationError(f"{path}: not a readable TorchScript file ({error})") from error
-    return module, extra[CERTIFICATE_KEY]
+        message = " ".join(str(error).split())[:300]
+        raise VerificationError(f"{path}: not a readable TorchScript file ({message})") from error
+    return module, text
 
 
 def read_torchscript_certificate(
