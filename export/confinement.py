@@ -109,6 +109,16 @@ def _forbid_writes(libc: ctypes.CDLL, abi: int, writable: str) -> None:
         os.close(ruleset)
 
 
+def _lower(limit: int, value: int, grace: int = 0) -> None:
+    """Set the resource ``limit`` to ``value`` (hard limit ``value + grace``), never above the hard
+    limit this process was given (which only root could raise)."""
+    soft, hard = value, value + grace
+    given = resource.getrlimit(limit)[1]
+    if given != resource.RLIM_INFINITY:
+        soft, hard = min(soft, given), min(hard, given)
+    resource.setrlimit(limit, (soft, hard))
+
+
 def confine(max_memory: int, cpu_seconds: int, writable: str) -> bool:
     """Confine this process for the rest of its life (see the module docstring): at most
     ``max_memory`` bytes of data, ``cpu_seconds`` of CPU time, no file written but beneath the
@@ -118,10 +128,10 @@ def confine(max_memory: int, cpu_seconds: int, writable: str) -> bool:
     Call it before any thread is started: Landlock applies to the calling thread and its future
     children only.
     """
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_SIZE, MAX_FILE_SIZE))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
-    resource.setrlimit(resource.RLIMIT_DATA, (max_memory, max_memory))
+    _lower(resource.RLIMIT_CORE, 0)
+    _lower(resource.RLIMIT_FSIZE, MAX_FILE_SIZE)
+    _lower(resource.RLIMIT_DATA, max_memory)
+    _lower(resource.RLIMIT_CPU, cpu_seconds, grace=5)  # SIGXCPU at the limit, SIGKILL 5 s later
     if not sys.platform.startswith("linux"):
         return False
     libc = _libc()

@@ -298,8 +298,10 @@ def load_pt2(
     torch_log.setLevel(logging.ERROR)  # it logs a failed load with its traceback, then raises
     try:
         program = torch.export.load(io.BytesIO(checked), extra_files=extra)
-    except (RuntimeError, ValueError, OSError, KeyError, AssertionError) as error:
-        message = " ".join(str(error).split())[:300]
+    except (
+        Exception
+    ) as error:  # the archive passed the checks: whatever the loader raises is the file's fault
+        message = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
         raise VerificationError(f"{path}: not a readable torch.export file ({message})") from error
     finally:
         torch_log.setLevel(level)

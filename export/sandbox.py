@@ -17,9 +17,11 @@ Cost: one Python start with the torch import, measured by ``bench/bench_sandbox.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import resource
 import secrets
 import selectors
 import shutil
@@ -37,17 +39,9 @@ from typing import Any
 
 from export.propagation import Progress, UnsupportedOpError, VerificationError
 from export.verify import VerificationReport, verify_artifact
-from zoo.limits import DEFAULT_MAX_ELEMENTS
+from zoo.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 
-__all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_TIMEOUT", "Confinement", "serve_request", "verify_confined"]
-
-DEFAULT_TIMEOUT = 300.0
-"""Seconds a verification may take (``--timeout``): the largest models verified here take under a
-minute (VGG-11 at 3x224x224, 38 s on a busy 2-core machine)."""
-
-DEFAULT_MAX_MEMORY = 8 * 2**30
-"""Bytes of data the verifying process may allocate (``--max-memory``): importing torch takes about
-1 GiB of it, verifying the zoo's models a few hundred MiB more."""
+__all__ = ["Confinement", "serve_request", "verify_confined"]
 
 _PROGRAM_SUFFIXES = (".pt", ".pt2")
 _ERRORS = {"VerificationError": VerificationError, "UnsupportedOpError": UnsupportedOpError}
@@ -85,6 +79,9 @@ def verify_confined(
             timeout or the memory limit (naming the option), or whose process dies.
     """
     path = Path(path)
+    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]  # a child cannot raise what this process has
+    if hard != resource.RLIM_INFINITY and hard < confinement.max_memory:
+        confinement = dataclasses.replace(confinement, max_memory=hard)
     token = secrets.token_hex(16)
     read_end, write_end = os.pipe()
     request = {

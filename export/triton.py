@@ -4,7 +4,7 @@ Layout (one model per format, version 1)::
 
     <repo>/<name>_onnx/config.pbtxt         platform "onnxruntime_onnx", tensors input / logits
     <repo>/<name>_onnx/1/model.onnx
-    <repo>/<name>_torchscript/config.pbtxt  backend "pytorch", tensors INPUT__0 / OUTPUT__0
+    <repo>/<name>_torchscript/config.pbtxt  platform "pytorch_libtorch", tensors INPUT__0 / OUTPUT__0
     <repo>/<name>_torchscript/1/model.pt
 
 ``max_batch_size`` > 0, so ``dims`` exclude the batch dimension; dynamic batching is on and the
@@ -13,87 +13,105 @@ server). The certificate's bound and weights hash are repeated as model paramete
 read them from the model configuration; the authoritative certificate stays inside each model file,
 and :func:`verify_triton_repository` checks a deployed repository: every model file from the file
 alone, and the configuration's copies against the file's certificate.
+
+config.pbtxt is Triton's ``ModelConfig`` protobuf message in text format, written and read with
+protobuf's own text format and the message definition of ``tritonclient`` (the ``triton`` extra):
+whatever spelling Triton accepts is read the same here (``value {`` or ``value: {``, single or double
+quotes, ``parameters [ ... ]`` lists, ``< >`` for braces).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+
+from google.protobuf import text_format
 
 from export.propagation import Progress, VerificationError
 from export.verify import VerificationReport, verify_artifact
 from zoo.certificate import Certificate
 
-__all__ = ["INSTANCE_KINDS", "check_triton_options", "verify_triton_repository", "write_triton_repository"]
-
-_ZOO_PARAMETER = re.compile(r'key:\s*"(zoo\.\w+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}')
-"""A ``parameters`` entry of config.pbtxt as this module writes it: (key, string value)."""
+__all__ = [
+    "INSTANCE_KINDS",
+    "check_triton_options",
+    "read_model_config",
+    "verify_triton_repository",
+    "write_triton_repository",
+]
 
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 """Where Triton runs the model's instances -> the instance group's kind."""
 
+MAX_CONFIG_BYTES = 2**20
+"""Largest config.pbtxt read (1 MiB; the zoo's are under 1 KB)."""
+
+BOUND_PARAMETER = "zoo.lipschitz_bound"
+SHA256_PARAMETER = "zoo.weights_sha256"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Format:
+    directory: str  # suffix of the model directory
+    filename: str  # the model file in each version directory
+    platform: str  # what a config written here names
+    backend: str  # the backend's name: a config may name the platform, the backend or both
+    input_name: str
+    output_name: str
+
+
 _FORMATS = {
-    # format: (directory suffix, file name, platform / backend line, input name, output name)
-    "onnx": ("onnx", "model.onnx", 'platform: "onnxruntime_onnx"', "input", "logits"),
-    "torchscript": (
-        "torchscript",
-        "model.pt",
-        'backend: "pytorch"\nplatform: "pytorch_libtorch"',
-        "INPUT__0",
-        "OUTPUT__0",
-    ),
+    "onnx": _Format("onnx", "model.onnx", "onnxruntime_onnx", "onnxruntime", "input", "logits"),
+    "torchscript": _Format("torchscript", "model.pt", "pytorch_libtorch", "pytorch", "INPUT__0", "OUTPUT__0"),
 }
 
 
-def _dims(shape: tuple[int, ...]) -> str:
-    return "[ " + ", ".join(str(d) for d in shape) + " ]"
+def _model_config_pb2() -> ModuleType:
+    """Triton's ModelConfig messages, from the ``triton`` extra (tritonclient[grpc])."""
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
 
 
 def _config(
     name: str, fmt: str, certificate: Certificate, num_classes: int, max_batch_size: int, kind: str
 ) -> str:
-    _, _, runtime, input_name, output_name = _FORMATS[fmt]
-    return f"""name: "{name}"
-{runtime}
-max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{input_name}"
-    data_type: TYPE_FP32
-    dims: {_dims(certificate.input_shape)}
-  }}
-]
-output [
-  {{
-    name: "{output_name}"
-    data_type: TYPE_FP32
-    dims: {_dims((num_classes,))}
-  }}
-]
-dynamic_batching {{
-  max_queue_delay_microseconds: 100
-}}
-instance_group [
-  {{
-    count: 1
-    kind: {kind}
-  }}
-]
-parameters {{
-  key: "zoo.lipschitz_bound"
-  value: {{ string_value: "{certificate.lipschitz_bound!r}" }}
-}}
-parameters {{
-  key: "zoo.weights_sha256"
-  value: {{ string_value: "{certificate.weights_sha256}" }}
-}}
-"""
+    """config.pbtxt of one model: Triton's ModelConfig message in protobuf text format."""
+    pb = _model_config_pb2()
+    spec = _FORMATS[fmt]
+    config = pb.ModelConfig(name=name, platform=spec.platform, max_batch_size=max_batch_size)
+    config.input.add(name=spec.input_name, data_type=pb.TYPE_FP32, dims=certificate.input_shape)
+    config.output.add(name=spec.output_name, data_type=pb.TYPE_FP32, dims=[num_classes])
+    config.dynamic_batching.max_queue_delay_microseconds = 100
+    config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.Kind.Value(kind))
+    config.parameters[BOUND_PARAMETER].string_value = repr(certificate.lipschitz_bound)
+    config.parameters[SHA256_PARAMETER].string_value = certificate.weights_sha256
+    return text_format.MessageToString(config)
+
+
+def read_model_config(path: Path):  # -> model_config_pb2.ModelConfig (from the triton extra)
+    """The ModelConfig of the config.pbtxt at ``path``, parsed as Triton parses it (protobuf text
+    format: any spelling Triton accepts, and nothing it refuses).
+
+    Raises:
+        VerificationError: a file too large, or not a valid ModelConfig.
+    """
+    pb = _model_config_pb2()
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise VerificationError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, not read")
+    try:
+        return text_format.Parse(path.read_text(), pb.ModelConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        raise VerificationError(f"{path}: not a valid Triton model configuration ({error})") from None
 
 
 def check_triton_options(instances: str, max_batch_size: int) -> None:
-    """ValueError naming the option when ``instances`` or ``max_batch_size`` cannot be written."""
+    """ValueError naming the option when ``instances`` or ``max_batch_size`` cannot be written;
+    ModuleNotFoundError (``tritonclient``) without the ``triton`` extra, before anything is written."""
+    _model_config_pb2()
     if instances not in INSTANCE_KINDS:
         raise ValueError(f"Triton instances run on {' or '.join(INSTANCE_KINDS)}, got {instances!r}")
     if max_batch_size < 1:
@@ -124,10 +142,9 @@ def write_triton_repository(
         )
     written = []
     for fmt, source in artifacts.items():
-        suffix, filename, *_ = _FORMATS[fmt]
-        model_dir = Path(repository) / f"{name}_{suffix}"
+        model_dir = Path(repository) / f"{name}_{_FORMATS[fmt].directory}"
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, model_dir / "1" / filename)
+        shutil.copyfile(source, model_dir / "1" / _FORMATS[fmt].filename)
         config = _config(model_dir.name, fmt, certificate, num_classes, max_batch_size, kind)
         (model_dir / "config.pbtxt").write_text(config)
         written.append(model_dir)
@@ -135,38 +152,78 @@ def write_triton_repository(
 
 
 def verify_triton_repository(
-    repository: str | Path, progress: Progress | None = None
+    repository: str | Path,
+    progress: Progress | None = None,
+    verify_file: Callable[[Path, Progress | None], VerificationReport] = verify_artifact,
 ) -> list[VerificationReport]:
-    """Verify every model file of a Triton repository (``<model>/<version>/model.onnx`` or
-    ``model.pt``) from the file alone, and check that the bound and weights hash its config.pbtxt
-    repeats (the ``zoo.*`` parameters, when present) are those of the file's certificate.
+    """Verify every model of a Triton repository: each model directory's config.pbtxt must describe
+    an ONNX or TorchScript model, and the file Triton would load from each version directory (the
+    config's ``default_model_filename``, else ``model.onnx`` / ``model.pt``) is verified from the
+    file alone with ``verify_file`` (e.g. confined: :func:`export.sandbox.verify_confined`); the bound
+    and weights hash the config repeats (the ``zoo.*`` parameters, when present) must be the file's.
 
     Raises:
-        VerificationError: ``repository`` holds no such model, or a file cannot be verified.
+        VerificationError: ``repository`` holds no model, a model this cannot verify (another
+            backend, no config, no version, a missing file), or a file that cannot be verified.
     """
+    _model_config_pb2()  # the triton extra, before anything else is read
     repository = Path(repository)
     reports = []
-    for config in sorted(repository.glob("*/config.pbtxt")):
-        parameters = dict(_ZOO_PARAMETER.findall(config.read_text()))
-        versions = sorted(d for d in config.parent.iterdir() if d.is_dir() and d.name.isdigit())
-        for model_file in (v / name for v in versions for name in ("model.onnx", "model.pt")):
-            if model_file.is_file():
-                report = verify_artifact(model_file, progress)
-                problems = report.problems + _config_problems(config, parameters, report.embedded)
-                reports.append(dataclasses.replace(report, problems=problems))
+    for model_dir in sorted(d for d in repository.iterdir() if d.is_dir()):
+        config_path = model_dir / "config.pbtxt"
+        if not config_path.is_file():
+            raise VerificationError(f"{model_dir}: a model directory without config.pbtxt")
+        config = read_model_config(config_path)
+        filename = _served_file(config_path, config)
+        parameters = {key: value.string_value for key, value in config.parameters.items()}
+        versions = sorted(d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit())
+        if not versions:
+            raise VerificationError(f"{model_dir}: no version directory (1/, 2/...)")
+        for version in versions:
+            model_file = version / filename
+            if not model_file.is_file():
+                raise VerificationError(f"{model_file}: missing, and {config_path} serves it")
+            report = verify_file(model_file, progress)
+            problems = report.problems + _config_problems(config_path, parameters, report.embedded)
+            reports.append(dataclasses.replace(report, problems=problems))
     if not reports:
         raise VerificationError(
-            f"{repository}: no Triton model in it "
-            "(<model>/config.pbtxt with <version>/model.onnx or <version>/model.pt)"
+            f"{repository}: no Triton model in it (<model>/config.pbtxt with <version>/model.onnx or "
+            "<version>/model.pt)"
         )
     return reports
 
 
+def _served_file(path: Path, config) -> str:
+    """The file name Triton loads for the model of ``config`` (read from ``path``); an error for a
+    backend this cannot verify (a ``python`` model, for one, is code)."""
+    spec = next((f for f in _FORMATS.values() if _runs(config, f.platform, f.backend)), None)
+    if spec is None:
+        runtime = f"platform {config.platform!r}, backend {config.backend!r}"
+        raise VerificationError(f"{path}: {runtime}: not an ONNX or TorchScript model, not verified")
+    if config.cc_model_filenames:
+        raise VerificationError(f"{path}: cc_model_filenames serve other files per GPU: not verified")
+    filename = config.default_model_filename or spec.filename
+    if Path(filename).suffix != Path(spec.filename).suffix or Path(filename).name != filename:
+        raise VerificationError(f"{path}: serves {filename!r}, not a {Path(spec.filename).suffix} file")
+    return filename
+
+
+def _runs(config, platform: str, backend: str) -> bool:
+    """Whether ``config`` names the runtime ``platform`` / ``backend`` (one or both, nothing else)."""
+    return (
+        (config.platform or config.backend) != ""
+        and config.platform in ("", platform)
+        and (config.backend in ("", backend))
+    )
+
+
 def _number(text: str) -> float | None:
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
 def _config_problems(
@@ -176,12 +233,12 @@ def _config_problems(
     if embedded is None:
         return ()
     problems = []
-    bound = parameters.get("zoo.lipschitz_bound")
+    bound = parameters.get(BOUND_PARAMETER)
     if bound is not None and _number(bound) != embedded.lipschitz_bound:
         problems.append(
             f"{config} says a bound of {bound}, the file's certificate {embedded.lipschitz_bound!r}"
         )
-    digest = parameters.get("zoo.weights_sha256")
+    digest = parameters.get(SHA256_PARAMETER)
     if digest is not None and digest != embedded.weights_sha256:
         problems.append(f"{config} names weights {digest}, the file's certificate {embedded.weights_sha256}")
     return tuple(problems)

@@ -144,6 +144,8 @@ def test_the_core_loads_and_certifies_and_names_the_missing_extras(tmp_path, whe
         result = run(python, "-m", "zoo", command, SHIPPED, cwd=tmp_path)
         assert result.returncode == 1, result.stderr
         assert f"needs the '{extra}' extra" in result.stderr and "Traceback" not in result.stderr
+    result = run(python, "-m", "zoo", "verify", str(tmp_path), cwd=tmp_path)  # a Triton repository
+    assert result.returncode == 1 and "zoo verify needs the 'triton' extra" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -153,6 +155,7 @@ def test_the_core_loads_and_certifies_and_names_the_missing_extras(tmp_path, whe
         ("export", ["export.pipeline", "export.verify", "export.triton"]),
         ("serve", ["zoo.app.serve", "zoo.app.serve.server"]),
         ("report", ["zoo.app.report"]),
+        ("triton", ["tritonclient.grpc.model_config_pb2"]),
     ],
 )
 def test_each_extra_brings_what_its_command_imports(tmp_path, wheel, extra, modules):

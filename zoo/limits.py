@@ -11,12 +11,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["DEFAULT_MAX_ELEMENTS", "SizeLimitError", "check_elements"]
+__all__ = [
+    "DEFAULT_MAX_ELEMENTS",
+    "DEFAULT_MAX_MEMORY",
+    "DEFAULT_TIMEOUT",
+    "SizeLimitError",
+    "check_elements",
+]
 
 DEFAULT_MAX_ELEMENTS = 2**26
 """Most elements a shape declared without its data may have (one input example, an intermediate
 tensor, a tensor a reader would create): 67,108,864, i.e. 256 MiB of float32, where a 3x224x224
 image has 150,528. Data stored in the file (weights) is checked against the file's size instead."""
+
+DEFAULT_TIMEOUT = 300.0
+"""Seconds the verification of one file may take (``zoo verify --timeout``): the largest models
+verified here take under a minute (VGG-11 at 3x224x224, 38 s on a busy 2-core machine)."""
+
+DEFAULT_MAX_MEMORY = 8 * 2**30
+"""Bytes of data the process verifying one file may allocate (``zoo verify --max-memory``): importing
+torch takes about 1 GiB of it, verifying the zoo's models a few hundred MiB more."""
 
 
 class SizeLimitError(ValueError):

@@ -13,6 +13,7 @@ from torch import nn
 
 from export.archives import MAX_INFLATION, read_archive
 from export.propagation import VerificationError
+from export.pt2_loading import check_pt2_archive
 from export.writers import CERTIFICATE_KEY, load_torchscript
 
 
@@ -64,10 +65,14 @@ def test_duplicated_entries_are_refused(torchscript, tmp_path):
             load_torchscript(crafted)
 
 
-def test_garbage_is_not_a_readable_archive(tmp_path):
-    garbage = tmp_path / "garbage.pt"
+@pytest.mark.parametrize(
+    ("name", "load", "kind"),
+    [("garbage.pt", load_torchscript, "TorchScript"), ("garbage.pt2", check_pt2_archive, r"torch\.export")],
+)
+def test_garbage_is_not_a_readable_archive(tmp_path, name, load, kind):
+    garbage = tmp_path / name
     garbage.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(VerificationError, match=r"garbage\.pt: not a readable TorchScript file"):
-        load_torchscript(garbage)
+    with pytest.raises(VerificationError, match=rf"{name}: not a readable {kind} file"):
+        load(garbage)
     with pytest.raises(VerificationError, match="not a readable x file"):
         read_archive(tmp_path / "missing.pt", "x")

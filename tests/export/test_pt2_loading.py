@@ -4,29 +4,26 @@ callable as a node's target). Each crafted file here would create a directory if
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
-import os
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from hostile_files import (
+    MakesADirectory,
+    edited_json_entry,
+    edited_zip,
+    pt2_with_guard_payload,
+    pt2_with_sympy_payload,
+    write_zip,
+    zip_entries,
+)
 from torch import nn
 
 from export.pt2_loading import check_pt2_archive, load_pt2
 from export.verify import VerificationError
-
-
-class _MakesADirectory:
-    """Unpickling this calls ``os.makedirs(target)``: a stand-in for arbitrary code."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (os.makedirs, (str(self.target),))
 
 
 @pytest.fixture()
@@ -46,36 +43,6 @@ def canary(tmp_path) -> Path:
     assert not target.exists(), "a payload of the crafted file ran"
 
 
-def _entries(path: Path) -> list[tuple[str, bytes]]:
-    """The archive's entries, named relative to its root folder."""
-    with zipfile.ZipFile(path) as archive:
-        return [(info.filename.split("/", 1)[1], archive.read(info)) for info in archive.infolist()]
-
-
-def _write(target: Path, entries: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> Path:
-    """An archive of ``entries`` under the root folder ``archive/``."""
-    with zipfile.ZipFile(target, "w", compression) as archive:
-        for name, data in entries:
-            archive.writestr("archive/" + name, data)
-    return target
-
-
-def _edited(source: Path, target: Path, name: str, edit: Callable[[bytes], bytes]) -> Path:
-    """A copy of the archive with the entry ``name`` replaced by ``edit(data)``."""
-    entries = _entries(source)
-    assert name in [n for n, _ in entries]
-    return _write(target, [(n, edit(d) if n == name else d) for n, d in entries])
-
-
-def _edited_json(source: Path, target: Path, name: str, edit: Callable[[dict], None]) -> Path:
-    def change(data: bytes) -> bytes:
-        document = json.loads(data)
-        edit(document)
-        return json.dumps(document).encode()
-
-    return _edited(source, target, name, change)
-
-
 def test_a_plain_archive_loads(plain_pt2):
     program, text = load_pt2(plain_pt2, "zoo.certificate")
     assert text == "certificate text" and program.module()(torch.ones(5, 3)).shape == (5, 4)
@@ -84,8 +51,8 @@ def test_a_plain_archive_loads(plain_pt2):
 
 def test_pickled_sample_inputs_are_never_unpickled(plain_pt2, tmp_path, canary):
     payload = io.BytesIO()
-    torch.save(_MakesADirectory(canary), payload)
-    crafted = _edited(
+    torch.save(MakesADirectory(canary), payload)
+    crafted = edited_zip(
         plain_pt2, tmp_path / "c.pt2", "data/sample_inputs/model.pt", lambda _: payload.getvalue()
     )
     program, _ = load_pt2(crafted, "zoo.certificate")  # torch.export.load alone creates the canary here
@@ -96,7 +63,9 @@ def test_weights_stored_as_pickles_are_refused(plain_pt2, tmp_path):
     def pickled(config):
         config["config"]["0.weight"]["use_pickle"] = True
 
-    crafted = _edited_json(plain_pt2, tmp_path / "c.pt2", "data/weights/model_weights_config.json", pickled)
+    crafted = edited_json_entry(
+        plain_pt2, tmp_path / "c.pt2", "data/weights/model_weights_config.json", pickled
+    )
     with pytest.raises(VerificationError, match=r"refused: payload '0\.weight' .*stored as a pickled object"):
         load_pt2(crafted, "zoo.certificate")
 
@@ -117,7 +86,7 @@ def test_weights_stored_as_pickles_are_refused(plain_pt2, tmp_path):
     ],
 )
 def test_every_entry_outside_the_allow_list_is_refused(plain_pt2, tmp_path, extra_entry):
-    crafted = _write(tmp_path / "c.pt2", [*_entries(plain_pt2), (extra_entry, b"\x7fELF payload")])
+    crafted = write_zip(tmp_path / "c.pt2", [*zip_entries(plain_pt2), (extra_entry, b"\x7fELF payload")])
     with pytest.raises(VerificationError, match=f"refused: unknown entry '{extra_entry}'"):
         check_pt2_archive(crafted)
 
@@ -126,19 +95,19 @@ def test_every_entry_outside_the_allow_list_is_refused(plain_pt2, tmp_path, extr
     "duplicate", ["extra/zoo.certificate", "data/weights/model_weights_config.json", "data/weights/weight_0"]
 )
 def test_duplicated_entries_are_refused(plain_pt2, tmp_path, duplicate):
-    entries = _entries(plain_pt2)
+    entries = zip_entries(plain_pt2)
     (original,) = [data for name, data in entries if name == duplicate]
     with pytest.warns(UserWarning, match="Duplicate name"):
-        crafted = _write(tmp_path / "c.pt2", [*entries, (duplicate, original + b" ")])
+        crafted = write_zip(tmp_path / "c.pt2", [*entries, (duplicate, original + b" ")])
     with pytest.raises(VerificationError, match=f"several entries named '{duplicate}'"):
         check_pt2_archive(crafted)
 
 
 def test_deflated_entries_are_refused_as_torch_export_save_never_compresses(plain_pt2, tmp_path):
     entries = [
-        (n, d + b" " * 1_000_000 if n.endswith("zoo.certificate") else d) for n, d in _entries(plain_pt2)
+        (n, d + b" " * 1_000_000 if n.endswith("zoo.certificate") else d) for n, d in zip_entries(plain_pt2)
     ]
-    crafted = _write(tmp_path / "c.pt2", entries, zipfile.ZIP_DEFLATED)
+    crafted = write_zip(tmp_path / "c.pt2", entries, zipfile.ZIP_DEFLATED)
     assert crafted.stat().st_size < 100_000
     with pytest.raises(
         VerificationError, match=r"its entries inflate to [\d,]+ bytes from a [\d,]+-byte file"
@@ -146,27 +115,31 @@ def test_deflated_entries_are_refused_as_torch_export_save_never_compresses(plai
         check_pt2_archive(crafted)
 
 
-def test_a_symbolic_expression_that_is_python_is_refused(plain_pt2, tmp_path, canary):
-    def evil(data: bytes) -> bytes:
-        text = data.decode()
-        (symbol,) = set(__import__("re").findall(r"Symbol\('s\d+', positive=True, integer=True\)", text))
-        payload = f"__import__('os').makedirs('{canary}') or {symbol}"
-        return text.replace(symbol, payload).encode()
+CODE_PAYLOADS = {
+    "a symbolic size that is Python": (
+        pt2_with_sympy_payload,
+        "the symbolic expression .* is not plain shape",
+    ),
+    "guard code": (pt2_with_guard_payload, "the program holds guard code"),
+}
 
-    crafted = _edited(plain_pt2, tmp_path / "c.pt2", "models/model.json", evil)
-    with pytest.raises(
-        VerificationError, match=r"refused: the symbolic expression .* is not plain shape arithmetic"
-    ):
+
+@pytest.mark.parametrize("payload", CODE_PAYLOADS)
+def test_a_program_carrying_python_is_refused(plain_pt2, tmp_path, canary, payload):
+    craft, message = CODE_PAYLOADS[payload]
+    crafted = craft(plain_pt2, tmp_path / "c.pt2", canary)
+    with pytest.raises(VerificationError, match=f"refused: {message}"):
         load_pt2(crafted, "zoo.certificate")
 
 
-def test_guard_code_is_refused(plain_pt2, tmp_path, canary):
-    def guard(program):
-        program["guards_code"] = [f"__import__('os').makedirs('{canary}') or True"]
-
-    crafted = _edited_json(plain_pt2, tmp_path / "c.pt2", "models/model.json", guard)
-    with pytest.raises(VerificationError, match="the program holds guard code"):
-        load_pt2(crafted, "zoo.certificate")
+@pytest.mark.parametrize("payload", CODE_PAYLOADS)
+def test_the_payloads_are_live_for_torch_export_load_alone(plain_pt2, tmp_path, payload):
+    """The control: without the checks, loading and running the crafted file does run its payload."""
+    target = tmp_path / "created-by-torch-export-load"
+    crafted = CODE_PAYLOADS[payload][0](plain_pt2, tmp_path / "c.pt2", target)
+    with contextlib.suppress(Exception):  # the payload's value may break the program after it ran
+        torch.export.load(crafted).module()(torch.ones(2, 3))
+    assert target.is_dir()
 
 
 @pytest.mark.parametrize("target", ["torch.os.makedirs", "torch.ops.higher_order.cond", "builtins.eval", 3])
@@ -174,7 +147,7 @@ def test_a_node_calling_anything_but_an_aten_operator_is_refused(plain_pt2, tmp_
     def call(program):
         program["graph_module"]["graph"]["nodes"][0]["target"] = target
 
-    crafted = _edited_json(plain_pt2, tmp_path / "c.pt2", "models/model.json", call)
+    crafted = edited_json_entry(plain_pt2, tmp_path / "c.pt2", "models/model.json", call)
     with pytest.raises(
         VerificationError, match=f"the program calls {target!r}, which is not an aten operator"
     ):
@@ -204,27 +177,22 @@ def test_weights_configs_that_point_outside_their_data_are_refused(plain_pt2, tm
     def inflate(config):
         edit(config["config"]["0.weight"]["tensor_meta"])
 
-    crafted = _edited_json(plain_pt2, tmp_path / "c.pt2", "data/weights/model_weights_config.json", inflate)
+    crafted = edited_json_entry(
+        plain_pt2, tmp_path / "c.pt2", "data/weights/model_weights_config.json", inflate
+    )
     with pytest.raises(VerificationError, match=rf"refused: payload '0\.weight' .*{message}"):
         check_pt2_archive(crafted)
 
 
 def test_an_unreferenced_tensor_entry_is_refused(plain_pt2, tmp_path):
-    crafted = _write(tmp_path / "c.pt2", [*_entries(plain_pt2), ("data/weights/weight_99", b"\0" * 8)])
+    crafted = write_zip(tmp_path / "c.pt2", [*zip_entries(plain_pt2), ("data/weights/weight_99", b"\0" * 8)])
     with pytest.raises(VerificationError, match="'data/weights/weight_99' is not named by the weights"):
         check_pt2_archive(crafted)
 
 
 def test_a_deeply_nested_program_is_a_verification_error(plain_pt2, tmp_path):
-    crafted = _edited(
+    crafted = edited_zip(
         plain_pt2, tmp_path / "c.pt2", "models/model.json", lambda _: b"[" * 100_000 + b"]" * 100_000
     )
     with pytest.raises(VerificationError, match="nested too deeply"):
         check_pt2_archive(crafted)
-
-
-def test_files_that_are_not_archives_are_refused(tmp_path):
-    garbage = tmp_path / "garbage.pt2"
-    garbage.write_bytes(b"not a zip file")
-    with pytest.raises(VerificationError, match=r"not a readable torch\.export file"):
-        check_pt2_archive(garbage)

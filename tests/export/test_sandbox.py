@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import hostile_files as hostile
 import pytest
 import torch
 from torch import nn
@@ -17,37 +18,6 @@ from export.writers import write_onnx
 from zoo.certify import certify
 
 needs_landlock = pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock")
-
-
-class _WritesAFile(nn.Module):
-    """A program that creates ``target`` (``aten::from_file`` with ``shared=True`` creates the file)."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__()
-        self.target = target
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.from_file(self.target, True, 4).sum() * 0
-
-
-class _LoopsForever(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        i = 0
-        while i >= 0:
-            i += 1
-        return x
-
-
-class _AllocatesTooMuch(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.ones(100_000, 100_000).sum()
-
-
-def _scripted(module: nn.Module, path: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(module), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -69,22 +39,32 @@ def test_a_confined_verification_reports_what_an_in_process_one_does(onnx_file):
 @needs_landlock
 def test_a_program_cannot_create_a_file(tmp_path):
     canary = tmp_path / "created-by-the-program"
-    path = _scripted(_WritesAFile(str(canary)), tmp_path / "writes.pt")
+    path = hostile.scripted(hostile.WritesAFile(str(canary)), tmp_path / "writes.pt")
     with pytest.raises(VerificationError, match=r"writes\.pt: the program failed on a tracked input: .*"):
         verify_confined(path, input_shape=(4,))
     assert not canary.exists()
 
 
+def test_the_file_writing_program_is_live_in_process(tmp_path):
+    """The control: run in this process, the program does create its file."""
+    canary = tmp_path / "created-in-process"
+    path = hostile.scripted(hostile.WritesAFile(str(canary)), tmp_path / "writes.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(path)(torch.zeros(4))
+    assert canary.is_file()
+
+
 @pytest.mark.slow
 def test_a_program_that_loops_forever_is_stopped_at_the_timeout(tmp_path):
-    path = _scripted(_LoopsForever(), tmp_path / "loop.pt")
+    path = hostile.scripted(hostile.LoopsForever(), tmp_path / "loop.pt")
     with pytest.raises(VerificationError, match=r"loop\.pt: verification stopped after 40 s \(--timeout\)"):
         verify_confined(path, input_shape=(4,), confinement=Confinement(timeout=40))
 
 
 @pytest.mark.slow
 def test_a_program_that_allocates_too_much_is_stopped_at_the_memory_limit(tmp_path):
-    path = _scripted(_AllocatesTooMuch(), tmp_path / "big.pt")
+    path = hostile.scripted(hostile.AllocatesTooMuch(), tmp_path / "big.pt")
     with pytest.raises(
         VerificationError, match=r"big\.pt: verifying it needs more than 4,096 MiB of memory \(--max-memory\)"
     ):

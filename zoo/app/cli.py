@@ -6,6 +6,7 @@ the report), through :func:`_needs_extra`: those come with optional extras of th
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ from zoo.app.tables import compact_table, print_heading, print_table
 from zoo.certificate import Certificate, LayerBound
 from zoo.checkpoint import CheckpointError
 from zoo.device import DeviceUnavailableError
-from zoo.hub import CertificateMismatchError, CertifiedModel, load
+from zoo.hub import CertificateMismatchError, CertifiedModel, check_sha256, load
+from zoo.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 from zoo.registry import ModelEntry, RegistryError, get_entry, load_registry
 
 if TYPE_CHECKING:  # export is imported inside the commands only (it needs the `export` extra)
@@ -95,6 +97,7 @@ EXTRA_OF_MODULE = {
     "uvicorn": "serve",
     "starlette": "serve",
     "matplotlib": "report",
+    "tritonclient": "triton",
 }
 
 
@@ -383,6 +386,7 @@ def train(
 
 
 EXPECT_SHA256_HELP = "refuse the file unless its sha256 is this (pin a file obtained elsewhere)"
+MAX_ELEMENTS_HELP = "most elements one input example of the file may declare"
 
 
 @app.command()
@@ -443,7 +447,19 @@ def _describe_own_data(data: Dataset) -> str:
     )
 
 
-def _load_or_exit(source: str, command: str, expected_sha256: str | None = None) -> CertifiedModel:
+def _check_file_sha256(path: Path, expected: str) -> None:
+    """CheckpointError unless the file at ``path`` has the sha256 ``expected`` (--expect-sha256)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    check_sha256(path.read_bytes(), expected, str(path))
+
+
+def _load_or_exit(
+    source: str,
+    command: str,
+    expected_sha256: str | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> CertifiedModel:
     """The checkpoint or registry model ``source``; an exported file or a Triton repository is an
     error pointing to ``zoo verify``, which reads those."""
     path = Path(source)
@@ -453,7 +469,7 @@ def _load_or_exit(source: str, command: str, expected_sha256: str | None = None)
             f"checkpoint or a model name): `zoo verify {source}` recomputes its bound"
         )
     with _user_errors():
-        return load(source, expected_sha256=expected_sha256)
+        return load(source, expected_sha256=expected_sha256, max_elements=max_elements)
 
 
 def _layer_table(layers: Iterable[LayerBound]) -> Table:
@@ -481,9 +497,10 @@ def certify(
     source: Annotated[str, typer.Argument(metavar="NAME|CHECKPOINT", help="model name or checkpoint path")],
     json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     expect_sha256: Annotated[str | None, typer.Option(help=EXPECT_SHA256_HELP)] = None,
+    max_elements: Annotated[int, typer.Option(min=1, help=MAX_ELEMENTS_HELP)] = DEFAULT_MAX_ELEMENTS,
 ) -> None:
     """Per-layer bounds and the global bound, recomputed from the weights."""
-    certified = _load_or_exit(source, "certify", expect_sha256)
+    certified = _load_or_exit(source, "certify", expect_sha256, max_elements)
     certificate = certified.certificate
     if json_output:
         print(certificate.to_json())
@@ -547,6 +564,7 @@ def export(
 
 
 @app.command()
+@_needs_extra("verify")
 def verify(
     artifact: Annotated[
         Path,
@@ -563,25 +581,45 @@ def verify(
             help="one example's shape, e.g. 3,32,32: needed for a TorchScript file without certificate"
         ),
     ] = None,
+    expect_sha256: Annotated[str | None, typer.Option(help=EXPECT_SHA256_HELP)] = None,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="seconds a file's verification may take")
+    ] = DEFAULT_TIMEOUT,
+    max_memory: Annotated[
+        int, typer.Option(min=1024, help="MiB the verifying process may allocate (torch takes ~1 GiB)")
+    ] = DEFAULT_MAX_MEMORY // 2**20,
+    max_elements: Annotated[int, typer.Option(min=1, help=MAX_ELEMENTS_HELP)] = DEFAULT_MAX_ELEMENTS,
+    trust_program: Annotated[
+        bool,
+        typer.Option(
+            help="verify a TorchScript / .pt2 file even where the kernel cannot forbid its program to "
+            "write files (no Landlock)"
+        ),
+    ] = False,
 ) -> None:
     """Recompute the Lipschitz bound from the artifact alone; non-zero exit on a violation or a
     mismatch with its embedded certificate.
 
-    A directory is read as a Triton model repository: every model file in it is verified, and the
-    certificate copies of each config.pbtxt are checked against the file's certificate (--json then
-    prints {"repository", "ok", "models": [one object per file]})."""
-    from export.triton import verify_triton_repository
-    from export.verify import verify_artifact
+    The file is read by a confined process: no file can be written (Landlock), and it is stopped at
+    --timeout seconds or --max-memory MiB. A directory is read as a Triton model repository: every
+    model file in it is verified, and the certificate copies of each config.pbtxt are checked against
+    the file's certificate (--json then prints {"repository", "ok", "models": [one object per file]})."""
+    from export.sandbox import Confinement, verify_confined
 
+    confinement = Confinement(timeout, max_memory * 2**20, max_elements, trust_program)
+    verify_file = functools.partial(verify_confined, confinement=confinement)
     with _user_errors(), _op_progress(progress, f"bounding {artifact.name}") as on_op:
         shape = None if input_shape is None else _parse_shape(input_shape)
-        if artifact.is_dir() and shape is not None:
-            raise ValueError("--input-shape is for one file; a repository's files carry certificates")
-        reports = (
-            verify_triton_repository(artifact, on_op)
-            if artifact.is_dir()
-            else [verify_artifact(artifact, on_op, shape)]
-        )
+        if artifact.is_dir():
+            if shape is not None or expect_sha256 is not None:
+                raise ValueError("--input-shape and --expect-sha256 are for one file, not a repository")
+            from export.triton import verify_triton_repository
+
+            reports = verify_triton_repository(artifact, on_op, verify_file)
+        else:
+            if expect_sha256 is not None:
+                _check_file_sha256(artifact, expect_sha256)
+            reports = [verify_file(artifact, on_op, shape)]
     ok = all(report.ok for report in reports)
     if json_output:
         if artifact.is_dir():
@@ -744,6 +782,7 @@ def serve(
         typer.Option(help="clamp inputs outside the certificate's input range (and say so) instead of 400"),
     ] = False,
     expect_sha256: Annotated[str | None, typer.Option(help=EXPECT_SHA256_HELP)] = None,
+    max_elements: Annotated[int, typer.Option(min=1, help=MAX_ELEMENTS_HELP)] = DEFAULT_MAX_ELEMENTS,
 ) -> None:
     """Serve a certified model over HTTP: KServe v2 / Open Inference Protocol, on onnxruntime.
 
@@ -765,7 +804,7 @@ def serve(
         )
     with tempfile.TemporaryDirectory(prefix="zoo-serve-") as workdir:
         with _user_errors():
-            served = open_model(source, device.value, Path(workdir), expect_sha256)
+            served = open_model(source, device.value, Path(workdir), expect_sha256, max_elements)
         shape = ", ".join(map(str, served.input_shape))
         console.print(
             f"serving [bold]{served.name}[/]: inputs [-1, {shape}], {served.num_classes} classes, "

@@ -23,6 +23,7 @@ from export.verify import verify_onnx
 from export.writers import write_onnx
 from zoo.certificate import Certificate
 from zoo.hub import check_sha256, load
+from zoo.limits import DEFAULT_MAX_ELEMENTS
 from zoo.prediction import input_range, predictions_from_logits
 
 __all__ = ["ArtifactError", "ServedModel", "open_model"]
@@ -44,9 +45,10 @@ class ArtifactError(ValueError):
     """The file cannot be served: no certificate, a certificate it does not satisfy, or a bad graph."""
 
 
-def _check_artifact(path: Path) -> Certificate:
-    """The certificate embedded in the ONNX file at ``path``, once the file is shown to satisfy it."""
-    report = verify_onnx(path)
+def _check_artifact(path: Path, max_elements: int) -> Certificate:
+    """The certificate embedded in the ONNX file at ``path``, once the file is shown to satisfy it
+    (an input example declaring more than ``max_elements`` elements is refused before anything runs)."""
+    report = verify_onnx(path, max_elements=max_elements)
     if report.embedded is None:
         raise ArtifactError(
             f"{path}: the file carries no Lipschitz certificate, so no certified radius can be given; "
@@ -119,10 +121,12 @@ class ServedModel:
         }
 
 
-def _export_to_onnx(source: str, workdir: Path, expected_sha256: str | None) -> tuple[Path, str]:
+def _export_to_onnx(
+    source: str, workdir: Path, expected_sha256: str | None, max_elements: int
+) -> tuple[Path, str]:
     """Load a checkpoint path or models.yaml name with ``zoo.load`` and write it as ONNX in ``workdir``."""
     name = Path(source).stem if Path(source).is_file() else source
-    certified = load(source, expected_sha256=expected_sha256)
+    certified = load(source, expected_sha256=expected_sha256, max_elements=max_elements)
     path = write_onnx(certified.model.cpu(), certified.certificate, workdir / f"{name}.onnx")
     return path, name
 
@@ -143,7 +147,11 @@ def _private_copy(source: Path, workdir: Path, expected_sha256: str | None) -> P
 
 
 def open_model(
-    source: str | os.PathLike, device: str, workdir: Path, expected_sha256: str | None = None
+    source: str | os.PathLike,
+    device: str,
+    workdir: Path,
+    expected_sha256: str | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> ServedModel:
     """The model to serve for ``source``: an ``.onnx`` file, a checkpoint path or a models.yaml name.
 
@@ -157,8 +165,8 @@ def open_model(
     if Path(source).suffix == ".onnx":
         path, name = _private_copy(Path(source), workdir, expected_sha256), Path(source).stem
     else:
-        path, name = _export_to_onnx(source, workdir, expected_sha256)
-    certificate = _check_artifact(path)  # first: onnxruntime only ever sees a file that verifies
+        path, name = _export_to_onnx(source, workdir, expected_sha256, max_elements)
+    certificate = _check_artifact(path, max_elements)  # first: onnxruntime only sees a verified file
     options = ort.SessionOptions()
     # Idle intra-op threads would spin after every call (about 1 ms of CPU per batch-1 request,
     # measured by bench/bench_serve.py): between requests a server should leave the CPU alone.

@@ -1,0 +1,124 @@
+"""config.pbtxt is Triton's ModelConfig in protobuf text format, read here as Triton reads it: a
+false bound is caught in every spelling Triton accepts, and a repository holding anything this
+cannot verify (another backend, another file served) is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from torch import nn
+from tritonclient.grpc import model_config_pb2
+
+from export.propagation import VerificationError
+from export.triton import read_model_config, verify_triton_repository, write_triton_repository
+from export.writers import write_onnx
+from zoo.certify import certify
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    certificate = certify(model, (1, 4, 4))
+    root = tmp_path_factory.mktemp("triton")
+    onnx_file = write_onnx(model, certificate, root / "model.onnx")
+    write_triton_repository(root / "repository", "tiny", {"onnx": onnx_file}, certificate, 3, instances="cpu")
+    return root / "repository"
+
+
+def _copy(repository: Path, target: Path) -> Path:
+    import shutil
+
+    return shutil.copytree(repository, target)
+
+
+def test_the_written_config_is_a_model_config(repository):
+    config = read_model_config(repository / "tiny_onnx" / "config.pbtxt")
+    assert config.name == "tiny_onnx" and config.platform == "onnxruntime_onnx"
+    assert list(config.input[0].dims) == [1, 4, 4] and list(config.output[0].dims) == [3]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    (report,) = verify_triton_repository(repository)
+    assert report.ok
+    assert float(config.parameters["zoo.lipschitz_bound"].string_value) == report.embedded.lipschitz_bound
+
+
+SPELLINGS = {  # each says the bound is 0.5 (and the list also repeats the weights hash, SHA)
+    "no colon before the brace": 'parameters { key: "zoo.lipschitz_bound" value { string_value: "0.5" } }',
+    "single quotes": "parameters { key: 'zoo.lipschitz_bound' value: { string_value: '0.5' } }",
+    "a list": 'parameters: [ { key: "zoo.weights_sha256" value { string_value: "SHA" } },\n'
+    '{ key: "zoo.lipschitz_bound" value: { string_value: "0.5" } } ]',
+    "angle brackets": 'parameters < key: "zoo.lipschitz_bound" value < string_value: "0.5" > >',
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_a_false_bound_is_caught_in_every_spelling_triton_accepts(repository, tmp_path, spelling):
+    copy = _copy(repository, tmp_path / "repository")
+    path = copy / "tiny_onnx" / "config.pbtxt"
+    config = read_model_config(path)
+    sha = config.parameters["zoo.weights_sha256"].string_value
+    del config.parameters["zoo.lipschitz_bound"]
+    text = text_format.MessageToString(config) + SPELLINGS[spelling].replace("SHA", sha)
+    path.write_text(text)
+    assert text_format.Parse(text, model_config_pb2.ModelConfig()).parameters["zoo.lipschitz_bound"]
+    (report,) = verify_triton_repository(copy)
+    assert not report.ok
+    assert report.problems == (
+        f"{path} says a bound of 0.5, the file's certificate {report.embedded.lipschitz_bound!r}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda c: setattr(c, "backend", "python"),
+            r"platform 'onnxruntime_onnx', backend 'python': not an ONNX",
+        ),
+        (lambda c: (c.ClearField("platform"), setattr(c, "backend", "python")), "backend 'python'"),
+        (lambda c: setattr(c, "platform", "tensorrt_plan"), "platform 'tensorrt_plan'"),
+        (
+            lambda c: setattr(c, "default_model_filename", "other.onnx"),
+            r"1/other\.onnx: missing, and .* serves it",
+        ),
+        (
+            lambda c: setattr(c, "default_model_filename", "model.py"),
+            r"serves 'model\.py', not a \.onnx file",
+        ),
+        (lambda c: setattr(c, "default_model_filename", "../x.onnx"), r"serves '\.\./x\.onnx'"),
+        (lambda c: c.cc_model_filenames.update({"7.5": "other.onnx"}), "cc_model_filenames"),
+    ],
+)
+def test_a_model_triton_would_serve_from_another_file_or_backend_is_refused(
+    repository, tmp_path, edit, message
+):
+    copy = _copy(repository, tmp_path / "repository")
+    path = copy / "tiny_onnx" / "config.pbtxt"
+    config = read_model_config(path)
+    edit(config)
+    path.write_text(text_format.MessageToString(config))
+    with pytest.raises(VerificationError, match=message):
+        verify_triton_repository(copy)
+
+
+def test_the_file_triton_serves_is_the_one_verified(repository, tmp_path):
+    copy = _copy(repository, tmp_path / "repository")
+    path = copy / "tiny_onnx" / "config.pbtxt"
+    config = read_model_config(path)
+    config.default_model_filename = "served.onnx"
+    path.write_text(text_format.MessageToString(config))
+    (copy / "tiny_onnx" / "1" / "model.onnx").rename(copy / "tiny_onnx" / "1" / "served.onnx")
+    (report,) = verify_triton_repository(copy)
+    assert report.ok and report.artifact.endswith("served.onnx")
+
+
+def test_unreadable_configs_and_model_directories_without_one_are_refused(repository, tmp_path):
+    copy = _copy(repository, tmp_path / "repository")
+    path = copy / "tiny_onnx" / "config.pbtxt"
+    path.write_text('name: "x"\nno_such_field: 3\n')
+    with pytest.raises(VerificationError, match=r"config\.pbtxt: not a valid Triton model configuration"):
+        verify_triton_repository(copy)
+    path.unlink()
+    with pytest.raises(VerificationError, match=r"tiny_onnx: a model directory without config\.pbtxt"):
+        verify_triton_repository(copy)

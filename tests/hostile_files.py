@@ -1,0 +1,118 @@
+"""Crafting hostile files for the security tests: edits of the zip archives torch writes, and
+payloads whose only effect, if they ever ran, is to create a directory (the tests' canary)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class MakesADirectory:
+    """Unpickling this calls ``os.makedirs(target)``: a stand-in for arbitrary code."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.target),))
+
+
+def python_payload(canary: Path) -> str:
+    """A Python expression that creates ``canary`` when evaluated."""
+    return f"__import__('os').makedirs('{canary}')"
+
+
+def zip_entries(path: Path) -> list[tuple[str, bytes]]:
+    """The entries of a torch archive, named relative to its root folder."""
+    with zipfile.ZipFile(path) as archive:
+        return [(info.filename.split("/", 1)[1], archive.read(info)) for info in archive.infolist()]
+
+
+def write_zip(target: Path, entries: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> Path:
+    """An archive of ``entries`` under the root folder ``archive/`` (a name may repeat)."""
+    with zipfile.ZipFile(target, "w", compression) as archive:
+        for name, data in entries:
+            archive.writestr("archive/" + name, data)
+    return target
+
+
+def edited_zip(source: Path, target: Path, name: str, edit: Callable[[bytes], bytes]) -> Path:
+    """A copy of the archive ``source`` whose entry ``name`` holds ``edit(its data)``."""
+    entries = zip_entries(source)
+    assert name in [n for n, _ in entries], name
+    return write_zip(target, [(n, edit(d) if n == name else d) for n, d in entries])
+
+
+def edited_json_entry(source: Path, target: Path, name: str, edit: Callable[[dict], None]) -> Path:
+    """:func:`edited_zip` for a JSON entry, changed in place by ``edit``."""
+
+    def change(data: bytes) -> bytes:
+        document = json.loads(data)
+        edit(document)
+        return json.dumps(document).encode()
+
+    return edited_zip(source, target, name, change)
+
+
+def pt2_with_sympy_payload(source: Path, target: Path, canary: Path) -> Path:
+    """A copy of the ``.pt2`` file ``source`` whose symbolic batch size, which torch.export.load hands
+    to ``sympy.sympify`` (an ``eval``), also creates ``canary``."""
+
+    def edit(data: bytes) -> bytes:
+        text = data.decode()
+        (symbol,) = set(re.findall(r"Symbol\('s\d+', positive=True, integer=True\)", text))
+        return text.replace(symbol, f"{python_payload(canary)} or {symbol}").encode()
+
+    return edited_zip(source, target, "models/model.json", edit)
+
+
+def pt2_with_guard_payload(source: Path, target: Path, canary: Path) -> Path:
+    """A copy of the ``.pt2`` file ``source`` whose guard code, which ``program.module()`` executes
+    as Python, creates ``canary``."""
+
+    def edit(program: dict) -> None:
+        program["guards_code"] = [f"{python_payload(canary)} or True"]
+
+    return edited_json_entry(source, target, "models/model.json", edit)
+
+
+class WritesAFile(nn.Module):
+    """A TorchScript program that creates ``target`` (``aten::from_file`` with ``shared=True``)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.from_file(self.target, True, 4).sum() * 0
+
+
+class LoopsForever(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while i >= 0:
+            i += 1
+        return x
+
+
+class AllocatesTooMuch(nn.Module):
+    """40 GB of ones."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.ones(100_000, 100_000).sum()
+
+
+def scripted(module: nn.Module, path: Path) -> Path:
+    """``module`` compiled by ``torch.jit.script`` and saved at ``path``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(module), path)
+    return path
