@@ -19,7 +19,7 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from export.runtime import onnx_session
-from export.verify import verify_onnx
+from export.verify import VerificationError, verify_onnx
 from export.writers import write_onnx
 from zoo.certificate import Certificate
 from zoo.hub import check_sha256, load
@@ -45,17 +45,21 @@ class ArtifactError(ValueError):
     """The file cannot be served: no certificate, a certificate it does not satisfy, or a bad graph."""
 
 
-def _check_artifact(path: Path, max_elements: int) -> Certificate:
+def _check_artifact(path: Path, max_elements: int, shown: str) -> Certificate:
     """The certificate embedded in the ONNX file at ``path``, once the file is shown to satisfy it
-    (an input example declaring more than ``max_elements`` elements is refused before anything runs)."""
-    report = verify_onnx(path, max_elements=max_elements)
+    (an input example declaring more than ``max_elements`` elements is refused before anything runs);
+    errors name the file ``shown`` (what the user gave, of which ``path`` may be a private copy)."""
+    try:
+        report = verify_onnx(path, max_elements=max_elements)
+    except VerificationError as error:
+        raise type(error)(str(error).replace(str(path), shown)) from None
     if report.embedded is None:
         raise ArtifactError(
-            f"{path}: the file carries no Lipschitz certificate, so no certified radius can be given; "
+            f"{shown}: the file carries no Lipschitz certificate, so no certified radius can be given; "
             "serve a file written by `zoo export --onnx`"
         )
     if not report.ok:
-        raise ArtifactError(f"{path}: refused, {'; '.join(report.problems)}")
+        raise ArtifactError(f"{shown}: refused, {'; '.join(report.problems)}")
     return report.embedded
 
 
@@ -166,7 +170,7 @@ def open_model(
         path, name = _private_copy(Path(source), workdir, expected_sha256), Path(source).stem
     else:
         path, name = _export_to_onnx(source, workdir, expected_sha256, max_elements)
-    certificate = _check_artifact(path, max_elements)  # first: onnxruntime only sees a verified file
+    certificate = _check_artifact(path, max_elements, source)  # first: onnxruntime sees only a verified file
     options = ort.SessionOptions()
     # Idle intra-op threads would spin after every call (about 1 ms of CPU per batch-1 request,
     # measured by bench/bench_serve.py): between requests a server should leave the CPU alone.
