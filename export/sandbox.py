@@ -3,8 +3,9 @@
 :func:`verify_confined` starts ``python -m export.confinement``, which confines itself
 (:func:`export.confinement.confine`: no file written, a memory and a CPU-time limit) before it imports
 torch, then verifies the file with :func:`export.verify.verify_artifact` and reports back. The parent
-enforces the wall-clock ``timeout`` (the child is killed), turns the child's refusals into the same
-errors as in-process verification, and forwards its progress.
+enforces the wall-clock ``timeout``, counted from when the child has started and before it reads the
+file (the child is killed), turns the child's refusals into the same errors as in-process
+verification, and forwards its progress.
 
 The child's own stdout and stderr are not trusted (a TorchScript program can print): reports come on
 a separate pipe, each line prefixed with a random token the parent sent on stdin, and anything else on
@@ -43,6 +44,10 @@ from zoo.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 
 __all__ = ["Confinement", "serve_request", "verify_confined"]
 
+STARTUP_TIMEOUT = 600.0
+"""Seconds the child may take to start (Python, torch, the verifier: 2-5 s of CPU time) before it
+reads the file, after which ``timeout`` counts: a busy machine does not eat the file's time."""
+
 _PROGRAM_SUFFIXES = (".pt", ".pt2")
 _ERRORS = {"VerificationError": VerificationError, "UnsupportedOpError": UnsupportedOpError}
 
@@ -52,8 +57,9 @@ class Confinement:
     """The limits a confined verification runs under.
 
     Attributes:
-        timeout: wall-clock seconds before the child is killed (its CPU time is limited to the same
-            number of seconds per core).
+        timeout: wall-clock seconds the verification of the file may take before the child is killed
+            (counted once the child has started; its CPU time is limited to as many seconds per
+            core, plus its start).
         max_memory: bytes of data the child may allocate (RLIMIT_DATA).
         max_elements: most elements one input example may declare (:mod:`zoo.limits`).
         trust_program: verify a TorchScript / .pt2 file even where the kernel cannot forbid its
@@ -89,7 +95,7 @@ def verify_confined(
         "input_shape": None if input_shape is None else list(input_shape),
         "max_elements": confinement.max_elements,
         "max_memory": confinement.max_memory,
-        "cpu_seconds": math.ceil(confinement.timeout * (os.cpu_count() or 1)) + 1,
+        "cpu_seconds": math.ceil((STARTUP_TIMEOUT + confinement.timeout) * (os.cpu_count() or 1)),
         "require_landlock": path.suffix in _PROGRAM_SUFFIXES and not confinement.trust_program,
         "fd": write_end,
         "token": token,
@@ -144,8 +150,9 @@ def _read_reports(
     confinement: Confinement,
     stderr: deque[str],
 ) -> VerificationReport:
-    """Follow the child's lines on ``fd`` until its report or error, its death, or the timeout."""
-    deadline = time.monotonic() + confinement.timeout
+    """Follow the child's lines on ``fd`` until its report or error, its death, or the timeout: the
+    child has :data:`STARTUP_TIMEOUT` seconds to start (before it reads the file), then ``timeout``."""
+    deadline, started = time.monotonic() + STARTUP_TIMEOUT, False
     buffer = b""
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
@@ -154,6 +161,8 @@ def _read_reports(
             if remaining <= 0:
                 raise VerificationError(
                     f"{path}: verification stopped after {confinement.timeout:g} s (--timeout)"
+                    if started
+                    else f"{path}: the verifying process did not start within {STARTUP_TIMEOUT:g} s"
                 )
             if not selector.select(remaining):
                 continue
@@ -164,7 +173,9 @@ def _read_reports(
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 message = _message(path, line, token)
-                if "progress" in message:
+                if "started" in message:
+                    started, deadline = True, time.monotonic() + confinement.timeout
+                elif "progress" in message:
                     if progress is not None:
                         progress(*message["progress"])
                 elif "report" in message:
@@ -220,6 +231,7 @@ def serve_request(request: dict[str, Any], confined: bool) -> None:
     def report_progress(done: int, total: int | None, op: str) -> None:
         send({"progress": [done, total, op]})
 
+    send({"started": True})  # the timeout counts from here
     try:
         if request["require_landlock"] and not confined:
             raise VerificationError(
