@@ -1,7 +1,7 @@
 """Transfer regularizers on digits and Fashion-MNIST: does regularizing towards a certified source
 model help certified accuracy?
 
-Source: ``lipconv_xs.digits_source04`` / ``lipconv_xs.fashion_mnist_source04`` (models.yaml), trained
+Source: ``lipconv_xs.digits_source04`` / ``lipconv_t.fashion_mnist_source04`` (models.yaml), trained
 once on classes 0-4. Target: classes 5-9 with 10 % and with 100 % of their training labels (the
 labelled subset is drawn per seed), for plain fine-tuning, each regularizer of
 ``lipconv_xs.digits_transfer_*``, and training from scratch for reference. On Fashion-MNIST each
@@ -39,7 +39,7 @@ from training.data import Dataset, load_dataset
 from training.trainer import RunOptions, train
 from zoo.registry import ModelEntry, get_entry
 
-SOURCE = {"digits": "lipconv_xs.digits_source04", "fashion_mnist": "lipconv_xs.fashion_mnist_source04"}
+SOURCE = {"digits": "lipconv_xs.digits_source04", "fashion_mnist": "lipconv_t.fashion_mnist_source04"}
 METHODS = ("finetune", "l2", "l2sp", "delta", "delta_attention", "lwf", "co_tuning", "bi_tuning", "bss")
 SCRATCH = "scratch"
 TLLIB_BATCH = 48  # the batch size of tllib's task-adaptation examples
