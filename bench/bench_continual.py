@@ -6,7 +6,7 @@ Run: ``zoo bench continual [--dataset digits|fashion_mnist] [--epochs N] [--seed
 ``ar1_no_norm``, ``ar1_hkr_replay``).
 
 Every strategy trains the network of the dataset's certified AR1 entry of models.yaml
-(``lipconv_s.digits_ar1``, ``lipconv_s.fashion_mnist_ar1``) with that entry's loss, optimizer and
+(``lipconv_s.digits_ar1``, ``lipconv_t.fashion_mnist_ar1``) with that entry's loss, optimizer and
 batch size, on the dataset split into 5 experiences of 2 classes, ``--epochs`` epochs per experience
 (default: the entry's), with each seed; the final model is folded and certified by
 ``training.trainer.train`` like any zoo model, and evaluated on the full test set. The table gives, mean ±
@@ -22,6 +22,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from training.trainer import RunOptions, train
 from zoo.registry import ModelEntry, get_entry
 
 # The entry whose architecture and training recipe every strategy of a dataset uses.
-BASE_ENTRY = {"digits": "lipconv_s.digits_ar1", "fashion_mnist": "lipconv_s.fashion_mnist_ar1"}
+BASE_ENTRY = {"digits": "lipconv_s.digits_ar1", "fashion_mnist": "lipconv_t.fashion_mnist_ar1"}
 BUFFER = {"digits": 200, "fashion_mnist": 500}
 LIDER = {"alpha": 0.1, "beta": 0.1}
 EPSILONS = ("0.1", "0.25", "0.5")
@@ -81,19 +82,20 @@ def strategies(base: ModelEntry, dataset: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def entry(base: ModelEntry, strategy: dict[str, Any], epochs: int) -> ModelEntry:
-    """``base`` with another strategy and number of epochs."""
+def entry(base: ModelEntry, row: str, strategy: dict[str, Any], epochs: int) -> ModelEntry:
+    """``base`` with the strategy of benchmark row ``row`` and ``epochs``; named after the row unless
+    it is ``base``'s own recipe (whose runs ``zoo ship`` then accepts for ``base``)."""
     continual = {**base.recipe.continual, "strategy": strategy}
     recipe = base.recipe.model_copy(update={"continual": continual, "epochs": epochs})
-    return base.model_copy(update={"recipe": recipe})
+    name = base.name if recipe == base.recipe else f"{base.name}_bench_{row}"
+    return base.model_copy(update={"name": name, "recipe": recipe})
 
 
-def run(run_entry: ModelEntry, seed: int, data: Dataset) -> dict[str, float]:
-    """Train one entry with one seed; the figures of its final model."""
+def run(run_entry: ModelEntry, seed: int, data: Dataset, out: Path) -> dict[str, float]:
+    """Train one entry with one seed into ``out``; the figures of its final model."""
     started = time.process_time()
-    with tempfile.TemporaryDirectory() as out:
-        options = RunOptions(seed=seed, progress=False)
-        result = train(run_entry, out, options, data=data, console=Console(quiet=True))
+    options = RunOptions(seed=seed, progress=False)
+    result = train(run_entry, out, options, data=data, console=Console(quiet=True))
     class_il = result.metrics["continual"]["class_il"]
     return {
         "accuracy": class_il["final_average_accuracy"],
@@ -131,6 +133,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=[*LABELS, *ABLATIONS], default=list(LABELS))
     parser.add_argument("--data-dir", help="where Fashion-MNIST's idx files are (default: found)")
+    parser.add_argument("--out", type=Path, help="keep the runs here, one directory per strategy and seed")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small networks: one thread is the fastest, and fair to a shared machine
 
@@ -141,11 +144,14 @@ def main() -> None:
     blocks = strategies(base, args.dataset)
     results: dict[str, list[dict[str, float]]] = {}
     started = time.process_time()
-    for name in args.only:
-        results[name] = [run(entry(base, blocks[name], epochs), seed, data) for seed in args.seeds]
-        console.print(
-            f"{(LABELS | ABLATIONS)[name]}: done ({time.process_time() - started:.0f} CPU s so far)"
-        )
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch)
+        for name in args.only:
+            run_entry = entry(base, name, blocks[name], epochs)
+            results[name] = [run(run_entry, seed, data, out / f"{name}-seed{seed}") for seed in args.seeds]
+            console.print(
+                f"{(LABELS | ABLATIONS)[name]}: done ({time.process_time() - started:.0f} CPU s so far)"
+            )
 
     columns = (
         "strategy",
