@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 
 from typer.testing import CliRunner
 
@@ -81,3 +82,14 @@ def test_serve_refuses_garbage_and_nan_certificates_at_startup_in_one_line(tmp_p
     nan.write_bytes(model.SerializeToString())
     line = _one_line_error(runner.invoke(app, ["serve", str(nan)]), mentions=str(nan))
     assert "the certificate holds NaN, which is not a number" in line
+
+
+def test_triton_commands_name_the_triton_extra_when_it_is_missing(tmp_path, monkeypatch):
+    for module in ("tritonclient", "tritonclient.grpc", "tritonclient.grpc.model_config_pb2"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if tritonclient were not installed
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["export", "lipmlp_s.digits_hkr", "--onnx", "--triton", "--out", str(out)])
+    assert result.exit_code == 1 and not out.exists()  # refused before anything was written
+    assert "zoo export needs the 'triton' extra" in result.stderr and "lipschitz-zoo[triton]" in result.stderr
+    result = runner.invoke(app, ["verify", str(tmp_path)])
+    assert result.exit_code == 1 and "zoo verify needs the 'triton' extra" in result.stderr

@@ -118,9 +118,10 @@ def _needs_extra(command: str) -> Iterator[None]:
         if top not in EXTRA_OF_MODULE:
             raise
         extra = EXTRA_OF_MODULE[top]
+        install = escape(f"pip install 'lipschitz-zoo[{extra}]'")  # [extra] is not rich markup
         errors.print(
             f"[bold red]error:[/] zoo {command} needs the '{extra}' extra (module {top} is not installed): "
-            f"pip install 'lipschitz-zoo[{extra}]'",
+            f"{install}",
             highlight=False,
             soft_wrap=True,
         )
