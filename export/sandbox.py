@@ -195,7 +195,7 @@ def _message(path: Path, line: bytes, token: str) -> dict[str, Any]:
 
 
 def _refusal(path: Path, error: dict[str, str], confinement: Confinement) -> VerificationError:
-    if error["type"] == "MemoryError" or "can't allocate memory" in error["message"]:
+    if error["type"] == "MemoryError":
         return VerificationError(
             f"{path}: verifying it needs more than {confinement.max_memory / 2**20:,.0f} MiB of memory "
             "(--max-memory)"
@@ -241,7 +241,20 @@ def serve_request(request: dict[str, Any], confined: bool) -> None:
         shape = request["input_shape"]
         report = verify_artifact(request["path"], report_progress, shape, request["max_elements"])
         send({"report": report.to_dict()})
-    except MemoryError:  # (the bound engine's own errors are ValueErrors, reported below)
-        send({"error": {"type": "MemoryError", "message": ""}})
     except Exception as error:  # any failure is reported, with its kind, to the parent
-        send({"error": {"type": type(error).__name__, "message": " ".join(str(error).split())}})
+        kind = "MemoryError" if _out_of_memory(error) else type(error).__name__
+        send({"error": {"type": kind, "message": " ".join(str(error).split())}})
+
+
+_ALLOCATION_FAILURES = ("can't allocate memory", "bad_alloc", "MemoryError")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` or an exception it was raised from is an allocation failure (torch's
+    allocator raises RuntimeError; TorchScript re-raises it as its own, so its text is searched too).
+    Some paths through torch lose the cause: those are reported as the failure they show."""
+    while error is not None:
+        if isinstance(error, MemoryError) or any(text in str(error) for text in _ALLOCATION_FAILURES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
