@@ -16,6 +16,7 @@ SMOKE_RUNS = {
     "dense_bounds": ("--rounds 1 --shapes 40x90", "40x90"),
     "export": ("--repeats 1", "lipresnet 3x32x32"),
     "layers": ("--steps 1 --warmup 0", "sll residual"),
+    "main_job": ("--epochs 1", "total"),
     "sandbox": ("--model lipmlp_s.digits_hkr --repeats 1", "peak resident memory of a confined verifier"),
     "serve": ("--seconds 0.3 --clients 2", "server CPU ms/request"),
     "transfer": ("--seeds 1 --methods l2sp --fractions 1.0 --epochs-scarce 1 --epochs-full 1", "| l2sp |"),
