@@ -40,6 +40,7 @@ from typing import Any
 
 from export.propagation import Progress, UnsupportedOpError, VerificationError
 from export.verify import VerificationReport, verify_artifact
+from zoo.hub import check_sha256
 from zoo.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 
 __all__ = ["Confinement", "serve_request", "verify_confined"]
@@ -77,14 +78,40 @@ def verify_confined(
     progress: Progress | None = None,
     input_shape: Sequence[int] | None = None,
     confinement: Confinement = Confinement(),
+    expected_sha256: str | None = None,
 ) -> VerificationReport:
     """:func:`export.verify.verify_artifact` of the file at ``path``, run in a confined child process.
+
+    With ``expected_sha256``, the file's bytes are read once, their hash checked, and the child
+    verifies a private copy of exactly those bytes (reports and errors still name ``path``).
 
     Raises:
         VerificationError: what ``verify_artifact`` raises, and a verification that exceeds the
             timeout or the memory limit (naming the option), or whose process dies.
+        CheckpointError: the file does not have the sha256 ``expected_sha256``.
     """
     path = Path(path)
+    if expected_sha256 is None:
+        return _verify_in_child(path, progress, input_shape, confinement)
+    if not path.is_file():
+        raise VerificationError(f"{path}: no such file")
+    with tempfile.TemporaryDirectory(prefix="zoo-checked-") as directory:
+        data = path.read_bytes()
+        check_sha256(data, expected_sha256, str(path))
+        copy = Path(directory) / f"checked{path.suffix}"
+        copy.write_bytes(data)
+        try:
+            report = _verify_in_child(copy, progress, input_shape, confinement)
+        except VerificationError as error:
+            raise type(error)(str(error).replace(str(copy), str(path))) from None
+    problems = tuple(problem.replace(str(copy), str(path)) for problem in report.problems)
+    return dataclasses.replace(report, artifact=str(path), problems=problems)
+
+
+def _verify_in_child(
+    path: Path, progress: Progress | None, input_shape: Sequence[int] | None, confinement: Confinement
+) -> VerificationReport:
+    """The confined verification of the file at ``path`` (see :func:`verify_confined`)."""
     hard = resource.getrlimit(resource.RLIMIT_DATA)[1]  # a child cannot raise what this process has
     if hard != resource.RLIM_INFINITY and hard < confinement.max_memory:
         confinement = dataclasses.replace(confinement, max_memory=hard)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 
 from typer.testing import CliRunner
@@ -56,6 +57,10 @@ def _tiny_onnx(path):
 
 def test_verify_expect_sha256_pins_the_file(tmp_path):
     path = _tiny_onnx(tmp_path / "model.onnx")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    result = runner.invoke(app, ["verify", str(path), "--expect-sha256", sha, "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["artifact"] == str(path)  # the private copy verified is not named
     line = _one_line_error(
         runner.invoke(app, ["verify", str(path), "--expect-sha256", "0" * 64]), mentions=str(path)
     )

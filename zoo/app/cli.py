@@ -26,7 +26,7 @@ from zoo.app.tables import compact_table, print_heading, print_table
 from zoo.certificate import Certificate, LayerBound
 from zoo.checkpoint import CheckpointError
 from zoo.device import DeviceUnavailableError
-from zoo.hub import CertificateMismatchError, CertifiedModel, check_sha256, load
+from zoo.hub import CertificateMismatchError, CertifiedModel, load
 from zoo.limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT
 from zoo.registry import ModelEntry, RegistryError, get_entry, load_registry
 
@@ -448,13 +448,6 @@ def _describe_own_data(data: Dataset) -> str:
     )
 
 
-def _check_file_sha256(path: Path, expected: str) -> None:
-    """CheckpointError unless the file at ``path`` has the sha256 ``expected`` (--expect-sha256)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    check_sha256(path.read_bytes(), expected, str(path))
-
-
 def _load_or_exit(
     source: str,
     command: str,
@@ -618,9 +611,7 @@ def verify(
 
             reports = verify_triton_repository(artifact, on_op, verify_file)
         else:
-            if expect_sha256 is not None:
-                _check_file_sha256(artifact, expect_sha256)
-            reports = [verify_file(artifact, on_op, shape)]
+            reports = [verify_file(artifact, on_op, shape, expected_sha256=expect_sha256)]
     ok = all(report.ok for report in reports)
     if json_output:
         if artifact.is_dir():
