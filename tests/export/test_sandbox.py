@@ -40,7 +40,7 @@ def test_a_confined_verification_reports_what_an_in_process_one_does(onnx_file):
 def test_a_program_cannot_create_a_file(tmp_path):
     canary = tmp_path / "created-by-the-program"
     path = hostile.scripted(hostile.WritesAFile(str(canary)), tmp_path / "writes.pt")
-    with pytest.raises(VerificationError, match=r"writes\.pt: the program failed on a tracked input: .*"):
+    with pytest.raises(VerificationError, match=r"writes\.pt: the program failed on a tracked input"):
         verify_confined(path, input_shape=(4,))
     assert not canary.exists()
 
