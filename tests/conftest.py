@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from rich.console import Console
@@ -21,6 +24,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def same_certificate():
+    """``same_certificate(a, b)``: certificates of the same weights, every field equal and the bounds
+    to 1e-12 relative (recomputed with another torch thread count, a bound may differ in its last
+    bits: training computes with the thread count its recipe records, a test with the default)."""
+
+    def without_bounds(certificate):
+        layers = tuple(dataclasses.replace(layer, bound=0.0) for layer in certificate.layers)
+        return dataclasses.replace(certificate, lipschitz_bound=0.0, layers=layers)
+
+    def bounds(certificate):
+        return [certificate.lipschitz_bound, *(layer.bound for layer in certificate.layers)]
+
+    def same(a, b) -> bool:
+        close = all(math.isclose(x, y, rel_tol=1e-12) for x, y in zip(bounds(a), bounds(b), strict=True))
+        return without_bounds(a) == without_bounds(b) and close
+
+    return same
 
 
 @pytest.fixture(scope="session")
