@@ -3,10 +3,13 @@
 An ONNX file is a protobuf message: parsing it runs no code, but what it declares can be absurd. A
 1.5 KB file may declare a 1x1x100000x100000 input (74.5 GiB once a verifier or onnxruntime builds
 it), a tensor of a billion elements with no data behind it, or an external data file anywhere on the
-disk (``onnx.load`` would read it). :func:`load_onnx` parses the bytes without external data, then
-refuses external references, stored tensors that declare more elements than their bytes can hold
-(whatever their encoding, an element takes at least half a byte of the file), and graph inputs or
-outputs of one example above a limit (:mod:`zoo.limits`); then runs the ONNX checker.
+disk (``onnx.load`` would read it), or a ConstantOfShape node that evaluates to any size.
+:func:`load_onnx` parses the bytes without external data, then refuses external references, stored
+tensors that declare more elements than their bytes can hold (whatever their encoding, an element
+takes at least half a byte of the file), graph inputs or outputs of one example above a limit
+(:mod:`zoo.limits`), and, once the ONNX checker has passed, any tensor whose shape ONNX's shape
+inference (with data propagation) fixes above that limit or above the largest stored tensor,
+whichever is larger (a transposed weight is as large as the weight).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import helper
 
 from export.propagation import VerificationError
 from zoo.limits import DEFAULT_MAX_ELEMENTS, SizeLimitError, check_elements
@@ -52,6 +56,10 @@ def load_onnx(path: str | os.PathLike, max_elements: int = DEFAULT_MAX_ELEMENTS)
     except (onnx.checker.ValidationError, ValueError) as error:
         message = " ".join(str(error).split())[:300]
         raise VerificationError(f"{path}: not a valid ONNX file ({message})") from error
+    try:
+        _check_inferred(model, max_elements)
+    except SizeLimitError as error:
+        raise VerificationError(f"{path}: refused: {error}") from None
     return model
 
 
@@ -95,6 +103,40 @@ def _check_stored(tensor: onnx.TensorProto, where: str) -> None:
             f"{where} declares {declared:,} elements (dims {list(tensor.dims)}) and stores {stored:,} "
             "values: its data is not in the file"
         )
+
+
+_SMALL_TENSOR_BYTES = 2**16
+"""Stored tensors up to this size take part in shape inference with their values (shapes, axes);
+larger ones (weights) with their shape alone, so that inference does not copy the weights."""
+
+
+def _check_inferred(model: onnx.ModelProto, max_elements: int) -> None:
+    """Every tensor whose shape inference fixes all dims (a symbolic batch counted as 1) within
+    ``max_elements`` or the largest stored tensor, whichever is larger."""
+    graph = model.graph
+    small = [t for t in graph.initializer if t.ByteSize() <= _SMALL_TENSOR_BYTES]
+    declared = {value.name for value in graph.input}
+    large = [
+        helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+        for t in graph.initializer
+        if t.ByteSize() > _SMALL_TENSOR_BYTES and t.name not in declared
+    ]
+    light = helper.make_model(
+        helper.make_graph(graph.node, graph.name, [*graph.input, *large], graph.output, small),
+        opset_imports=model.opset_import,
+        ir_version=model.ir_version,
+        functions=model.functions,
+    )
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as error:
+        raise VerificationError(f"shape inference failed ({' '.join(str(error).split())[:300]})") from None
+    limit = max([max_elements, *(math.prod(t.dims) for t in graph.initializer)])
+    for value in inferred.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") or d.HasField("dim_param") for d in dims):
+            sizes = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+            check_elements(sizes, f"the tensor {value.name!r} (its shape inferred)", limit)
 
 
 def _check_declared(value: onnx.ValueInfoProto, max_elements: int) -> None:

@@ -111,3 +111,26 @@ def test_garbage_and_invalid_graphs_are_refused(tmp_path):
     invalid.graph.node[0].input[0] = "nowhere"
     with pytest.raises(VerificationError, match=r"not a valid ONNX file"):
         load_onnx(_save(invalid, tmp_path / "invalid.onnx"))
+
+
+def test_a_constant_of_shape_evaluating_to_a_huge_tensor_is_refused(tmp_path):
+    """No declared shape is large, but ConstantOfShape fixes one that shape inference sees."""
+    shape = numpy_helper.from_array(np.array([100_000, 100_000], np.int64), "shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("Add", ["input", "total"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [shape],
+    )
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "c.onnx")
+    with pytest.raises(
+        VerificationError,
+        match=r"refused: the tensor 'big' \(its shape inferred\) has shape \(100000, 100000\)",
+    ):
+        load_onnx(path)
