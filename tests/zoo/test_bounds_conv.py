@@ -242,8 +242,8 @@ def test_exact_method_carries_the_margin():
 @pytest.mark.parametrize(
     ("weight_shape", "kwargs", "message"),
     [
-        ((2, 2), {"input_size": (5,)}, "1 or 2 spatial dims"),
-        ((2, 2, 3, 3, 3), {"input_size": (5, 5, 5)}, "1 or 2 spatial dims"),
+        ((2, 2), {"input_size": (5,)}, "1, 2 or 3 spatial dims"),
+        ((2, 2, 3, 3, 3, 3), {"input_size": (5, 5, 5, 5)}, "1, 2 or 3 spatial dims"),
         ((3, 2, 3, 3), {"input_size": (8, 8), "groups": 2}, "groups"),
         ((2, 2, 3, 3), {"input_size": (8, 8), "padding_mode": "mirror"}, "padding_mode"),
         ((2, 2, 3, 3), {"input_size": (8, 8), "method": "svd"}, "method"),
