@@ -95,6 +95,36 @@ class WritesAFile(nn.Module):
         return x + torch.from_file(self.target, True, 4).sum() * 0
 
 
+class _AddsOnes(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.ones(4).sum() * 0
+
+
+def pt2_writing_a_file(target: Path, canary: Path) -> Path:
+    """A ``.pt2`` file at ``target`` whose program creates ``canary`` (:class:`WritesAFile` as a
+    torch.export program). ``aten::from_file`` has no fake kernel, so torch.export cannot trace it: the
+    ``aten::ones`` node of an exported program is turned into ``from_file(canary, shared=True, 4)``.
+    Every entry and every node target is one the archive check accepts (an aten operator)."""
+    plain = target.with_name(f"{target.stem}-plain.pt2")
+    batch = {0: torch.export.Dim("batch")}
+    torch.export.save(torch.export.export(_AddsOnes(), (torch.zeros(2, 4),), dynamic_shapes=(batch,)), plain)
+
+    def edit(program: dict) -> None:
+        (node,) = [n for n in program["graph_module"]["graph"]["nodes"] if n["name"] == "ones"]
+        node["target"] = "torch.ops.aten.from_file.default"
+        arguments = {
+            "filename": {"as_string": str(canary)},
+            "shared": {"as_bool": True},
+            "size": {"as_int": 4},
+        }
+        positional = [{"name": name, "arg": arg, "kind": 1} for name, arg in arguments.items()]
+        node["inputs"] = positional + [i for i in node["inputs"] if i["name"] != "size"]
+
+    edited_json_entry(plain, target, "models/model.json", edit)
+    plain.unlink()
+    return target
+
+
 class LoopsForever(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         i = 0

@@ -393,6 +393,11 @@ CASES = {
         _pt2_allocating,
         "needs more than 3,072 MiB of memory (--max-memory)",
     ),
+    "pt2 program writing a file": (
+        ["verify", "--input-shape", "4"],
+        lambda directory, canary: hostile.pt2_writing_a_file(directory / "model.pt2", canary),
+        "the program failed on a tracked input",  # aten::from_file: Permission denied (Landlock)
+    ),
     "pt2 garbage": (["verify"], _garbage(".pt2"), "not a readable torch.export file"),
     # checkpoints: certify and serve
     "checkpoint widths of 10000 / certify": (

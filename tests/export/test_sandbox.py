@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from export.confinement import landlock_abi
+from export.pt2_loading import check_pt2_archive
 from export.sandbox import Confinement, serve_request, verify_confined
 from export.verify import VerificationError, verify_artifact
 from export.writers import write_onnx
@@ -52,6 +53,29 @@ def test_the_file_writing_program_is_live_in_process(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.load(path)(torch.zeros(4))
+    assert canary.is_file()
+
+
+@pytest.mark.slow
+@needs_landlock
+def test_a_pt2_program_cannot_create_a_file(tmp_path):
+    """The archive check lets aten operators through, ``aten::from_file`` among them: confinement is
+    what stops this program."""
+    canary = tmp_path / "created-by-the-program"
+    path = hostile.pt2_writing_a_file(tmp_path / "writes.pt2", canary)
+    with pytest.raises(VerificationError, match=r"writes\.pt2: the program failed on a tracked input"):
+        verify_confined(path, input_shape=(4,))
+    assert not canary.exists()
+
+
+def test_the_file_writing_pt2_program_passes_the_archive_check_and_is_live_in_process(tmp_path):
+    """The control: the crafted .pt2 is accepted by the archive check, and verifying it in this
+    process (the verifier runs its constant nodes) does create the file."""
+    canary = tmp_path / "created-in-process"
+    path = hostile.pt2_writing_a_file(tmp_path / "writes.pt2", canary)
+    check_pt2_archive(path)
+    assert not canary.exists()
+    verify_artifact(path, input_shape=(4,))
     assert canary.is_file()
 
 
