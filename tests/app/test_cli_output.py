@@ -175,3 +175,10 @@ def test_usage_lines_name_the_arguments(command, usage):
     assert result.exit_code == 0
     (line,) = [line for line in result.output.splitlines() if "Usage:" in line]
     assert line.split() == ["Usage:", "zoo", command, "[OPTIONS]", *usage.split()]
+
+
+def test_help_reflows_docstring_paragraphs_to_the_terminal():
+    """The docstrings are wrapped at the source's line length; the terminal's width decides the help's."""
+    result = runner.invoke(cli.app, ["verify", "--help"], prog_name="zoo", env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    assert "no file can be written (Landlock), and it is stopped at --timeout seconds" in result.output

@@ -39,6 +39,9 @@ app = typer.Typer(
     help="Certified 1-Lipschitz networks: train, certify, export and serve them.",
     no_args_is_help=True,
     add_completion=False,
+    # Docstrings are wrapped at the source's line length: markdown joins a paragraph's lines so that
+    # the terminal, not the source, decides where lines break.
+    rich_markup_mode="markdown",
 )
 console = Console()
 errors = Console(stderr=True)
