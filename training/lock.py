@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from zoo.checkpoint import remove_orphan_temporaries
+from zoo.locks import try_lock
 
 __all__ = ["LOCK_FILE", "RunDirectoryError", "hold_run_directory"]
 
@@ -31,25 +31,6 @@ LOCK_FILE = ".zoo-train.lock"
 
 class RunDirectoryError(RuntimeError):
     """The output directory cannot be used: another run holds it, or it cannot be written."""
-
-
-def _try_lock(fd: int) -> bool:
-    """Take an exclusive lock on the open file ``fd`` without waiting; False if another holds it."""
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _describe(holder: bytes) -> str:
@@ -71,7 +52,7 @@ def _acquire(out_dir: Path) -> tuple[int, bytes, bool]:
         out_dir.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            if not _try_lock(fd):
+            if not try_lock(fd):
                 holder = os.read(fd, 4096)
                 os.close(fd)
                 raise RunDirectoryError(

@@ -13,7 +13,10 @@ to a size limit (:mod:`zoo.limits`).
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
+import http.client
 import math
 import os
 import tempfile
@@ -33,6 +36,7 @@ from zoo.certificate import Certificate
 from zoo.certify import certify
 from zoo.checkpoint import CertifiedCheckpoint, CheckpointError, parse_checkpoint
 from zoo.limits import DEFAULT_MAX_ELEMENTS, SizeLimitError, check_elements
+from zoo.locks import try_lock
 from zoo.models import build
 from zoo.prediction import Predictions, check_inputs, input_range, predictions_from_logits
 from zoo.registry import get_entry
@@ -148,17 +152,21 @@ MAX_DOWNLOAD_BYTES = 2**31
 def _download(url: str, target: Path, name: str, sha256: str, progress: bool) -> None:
     """Stream ``url`` into ``target`` with a progress bar (stderr), its sha256 computed on the way.
 
-    The bytes go to a temporary file beside ``target`` that becomes ``target`` only once complete and
-    of hash ``sha256``: a failed, cut or mismatching download leaves nothing in the cache.
+    The bytes go to a partial file beside ``target`` that becomes ``target`` only once complete and
+    of hash ``sha256``: a failed, cut or mismatching download leaves nothing in the cache. A download
+    killed outright leaves its partial file; it is removed by the next download of ``target``, which
+    tells it from the partial file of a download still running by its lock (:mod:`zoo.locks`).
     """
     if os.environ.get("ZOO_OFFLINE") == "1":
         raise CheckpointError(
             f"{name}: not in the cache ({target}) and ZOO_OFFLINE=1 forbids downloading {url}"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
     digest = hashlib.sha256()
+    partial = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphan_partials(target)
+        fd, partial = _new_partial(target)
         with os.fdopen(fd, "wb") as file, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -168,7 +176,7 @@ def _download(url: str, target: Path, name: str, sha256: str, progress: bool) ->
             console = Console(stderr=True, quiet=not progress)
             with Progress(*columns, console=console, transient=True) as bar:
                 task = bar.add_task(f"downloading {name}", total=total)
-                while chunk := response.read(1 << 20):
+                while chunk := response.read1(1 << 20):  # what has arrived, up to 1 MiB
                     file.write(chunk)
                     digest.update(chunk)
                     bar.advance(task, len(chunk))
@@ -183,11 +191,41 @@ def _download(url: str, target: Path, name: str, sha256: str, progress: bool) ->
                 f"{name}: the file downloaded from {url} has sha256 {digest.hexdigest()}, "
                 f"not the {sha256} recorded in models.yaml: refused (nothing was cached)"
             )
+        # Closed, the partial file is unlocked (Windows cannot rename an open file): a sweep by another
+        # process in this instant would make the rename fail, cleanly.
         os.replace(partial, target)
-    except OSError as error:
-        raise CheckpointError(f"{name}: cannot download {url} ({error})") from error
+    except (OSError, http.client.HTTPException) as error:  # HTTPException: a malformed HTTP answer
+        reason = str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+        raise CheckpointError(f"{name}: cannot download {url} ({' '.join(reason.split())})") from error
     finally:
-        Path(partial).unlink(missing_ok=True)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+
+
+def _new_partial(target: Path) -> tuple[int, Path]:
+    """A new partial file beside ``target`` (``.NAME.<random>.partial``), open for writing and locked
+    for as long as it is open."""
+    while True:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        # A sweep by another process may lock it first, then remove it: only a file still there is ours.
+        try:
+            if try_lock(fd) and os.path.samestat(os.fstat(fd), os.stat(name)):
+                return fd, Path(name)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _remove_orphan_partials(target: Path) -> None:
+    """Remove the partial files of downloads of ``target`` that were killed (no process holds their lock)."""
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
+        with contextlib.suppress(OSError):  # gone already, or held open (Windows): not an orphan to remove
+            fd = os.open(path, os.O_RDWR)
+            try:
+                if try_lock(fd):
+                    path.unlink()
+            finally:
+                os.close(fd)
 
 
 def check_sha256(data: bytes, expected: str, source: str) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import http.server
 import shutil
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +18,7 @@ import yaml
 import zoo
 import zoo.hub
 from zoo.checkpoint import CheckpointError
+from zoo.locks import try_lock
 from zoo.registry import get_entry
 
 
@@ -83,19 +88,30 @@ def test_an_entry_without_weights_says_how_to_get_them(registry_with):
 
 class _Server(http.server.BaseHTTPRequestHandler):
     """Serves ``body`` at every path, announcing ``length`` bytes (a cut transfer when longer), or
-    answers 404 when ``body`` is None."""
+    answers 404 when ``body`` is None; ``raw``, when set, is the whole answer (a malformed one). With
+    ``hold`` set, the answer stops after half the body until ``hold`` is released."""
 
     body: bytes | None = None
     length: int | None = None
+    raw: bytes | None = None
+    hold: threading.Event | None = None
 
     def do_GET(self) -> None:
+        if self.raw is not None:
+            self.wfile.write(self.raw)
+            return
         if self.body is None:
             self.send_error(404)
             return
         self.send_response(200)
         self.send_header("Content-Length", str(self.length or len(self.body)))
         self.end_headers()
-        self.wfile.write(self.body)
+        half = len(self.body) // 2
+        self.wfile.write(self.body[:half])
+        self.wfile.flush()
+        if self.hold is not None:
+            self.hold.wait(timeout=120)
+        self.wfile.write(self.body[half:])
 
     def log_message(self, *args) -> None:
         pass
@@ -141,23 +157,31 @@ def test_a_download_over_http_streams_into_the_cache(
     assert same_certificate(zoo.load("lipconv_s.digits_hkr").certificate, short_run.certificate)
 
 
+URL = r"http://127\.0\.0\.1:\d+/model\.safetensors"
+
+
 @pytest.mark.parametrize(
-    ("body", "length", "message"),
+    ("answer", "message"),
     [
         (
-            b"not the pinned file",
-            None,
+            {"body": b"not the pinned file"},
             r"has sha256 [0-9a-f]{64}, not the [0-9a-f]{64} recorded in models\.yaml",
         ),
-        (b"half a file", 1000, r"(ended after 11 of 1,000 bytes|cannot download)"),
-        (None, None, r"cannot download http://127\.0\.0\.1:\d+/model\.safetensors \(HTTP Error 404"),
+        ({"body": b"half a file", "length": 1000}, r"(ended after 11 of 1,000 bytes|cannot download)"),
+        ({"body": None}, rf"cannot download {URL} \(HTTP Error 404"),
+        ({"raw": b"garbage\r\n\r\n"}, rf"cannot download {URL} \(BadStatusLine: garbage\)$"),
+        (
+            {"raw": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc"},
+            rf"cannot download {URL} \(IncompleteRead: IncompleteRead\(0 bytes read\)\)",
+        ),
     ],
-    ids=["mismatching hash", "cut transfer", "404"],
+    ids=["mismatching hash", "cut transfer", "404", "not HTTP", "cut chunked transfer"],
 )
 def test_a_failed_download_leaves_nothing_in_the_cache(
-    same_certificate, registry_with, short_run, tmp_path, server, body, length, message
+    same_certificate, registry_with, short_run, tmp_path, server, answer, message
 ):
-    server.body, server.length = body, length
+    for field, value in answer.items():
+        setattr(server, field, value)
     registry_with(
         url="https://example.invalid/model.safetensors",
         sha256=hashlib.sha256(short_run.checkpoint.read_bytes()).hexdigest(),
@@ -165,7 +189,46 @@ def test_a_failed_download_leaves_nothing_in_the_cache(
     with pytest.raises(CheckpointError, match=message):
         zoo.load("lipconv_s.digits_hkr", progress=False)
     assert _cached(tmp_path) == []  # not even a partial file
-    server.body, server.length = short_run.checkpoint.read_bytes(), None  # the next attempt succeeds
+    server.raw, server.length = None, None  # the next attempt succeeds
+    server.body = short_run.checkpoint.read_bytes()
     assert same_certificate(
         zoo.load("lipconv_s.digits_hkr", progress=False).certificate, short_run.certificate
     )
+
+
+def test_a_killed_download_is_removed_by_the_next_one_and_a_running_one_is_kept(
+    same_certificate, registry_with, short_run, tmp_path, server
+):
+    """A process killed mid-download leaves its partial file (nothing can remove it then); the next
+    download removes it, and leaves alone the partial file of a download still running (locked)."""
+    server.body = short_run.checkpoint.read_bytes()
+    server.hold = threading.Event()
+    sha = registry_with(
+        url="https://example.invalid/model.safetensors", sha256=hashlib.sha256(server.body).hexdigest()
+    )
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    target = cache / f"lipconv_s.digits_hkr-{sha[:10]}.safetensors"
+    download = (
+        "import pathlib, zoo.hub\n"
+        f"zoo.hub._download({server.url!r}, pathlib.Path({str(target)!r}), 'x', {sha!r}, False)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", download], cwd=Path(zoo.__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size for p in cache.glob("*.partial")) and child.poll() is None:
+            assert time.monotonic() < deadline, "the download never started"
+            time.sleep(0.1)
+    finally:
+        child.kill()
+        child.wait()
+    (killed,) = cache.glob("*.partial")
+    running = cache / f".{target.name}.running.partial"
+    running.write_bytes(b"half")
+    with running.open("rb+") as file:
+        assert try_lock(file.fileno())
+        server.hold = None
+        assert same_certificate(
+            zoo.load("lipconv_s.digits_hkr", progress=False).certificate, short_run.certificate
+        )
+        assert _cached(tmp_path) == sorted([target.name, running.name])
+    assert not killed.exists()
