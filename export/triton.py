@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -97,15 +98,23 @@ def read_model_config(path: Path):  # -> model_config_pb2.ModelConfig (from the 
     format: any spelling Triton accepts, and nothing it refuses).
 
     Raises:
-        VerificationError: a file too large, or not a valid ModelConfig.
+        VerificationError: not a regular file, unreadable, too large, or not a valid ModelConfig
+            (one line naming the file).
     """
     pb = _model_config_pb2()
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise VerificationError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, not read")
+    if not path.is_file():  # a directory, a pipe, a device would not be read as a configuration
+        raise VerificationError(f"{path}: not a regular file")
     try:
-        return text_format.Parse(path.read_text(), pb.ModelConfig())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise VerificationError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, not read")
+        data = path.read_bytes()
+    except OSError as error:
+        raise VerificationError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        return text_format.Parse(data.decode(), pb.ModelConfig())
     except (text_format.ParseError, UnicodeDecodeError) as error:
-        raise VerificationError(f"{path}: not a valid Triton model configuration ({error})") from None
+        message = " ".join(str(error).split())
+        raise VerificationError(f"{path}: not a valid Triton model configuration ({message})") from None
 
 
 def check_triton_options(instances: str, max_batch_size: int) -> None:
@@ -156,42 +165,80 @@ def verify_triton_repository(
     progress: Progress | None = None,
     verify_file: Callable[[Path, Progress | None], VerificationReport] = verify_artifact,
 ) -> list[VerificationReport]:
-    """Verify every model of a Triton repository: each model directory's config.pbtxt must describe
-    an ONNX or TorchScript model, and the file Triton would load from each version directory (the
-    config's ``default_model_filename``, else ``model.onnx`` / ``model.pt``) is verified from the
-    file alone with ``verify_file`` (e.g. confined: :func:`export.sandbox.verify_confined`); the bound
-    and weights hash the config repeats (the ``zoo.*`` parameters, when present) must be the file's.
+    """Verify every model of a Triton repository, one report per model file.
+
+    Each model directory's configurations (config.pbtxt, and the ``configs/NAME.pbtxt`` Triton
+    serves instead when started with ``--model-config-name NAME``) must describe an ONNX or
+    TorchScript model; the file each one has Triton load from each version directory (its
+    ``default_model_filename``, else ``model.onnx`` / ``model.pt``) is verified from the file alone
+    with ``verify_file`` (e.g. confined: :func:`export.sandbox.verify_confined`), once; and the bound
+    and weights hash each configuration repeats (the ``zoo.*`` parameters, when present) must be the
+    file's.
 
     Raises:
         VerificationError: ``repository`` holds no model, a model this cannot verify (another
-            backend, no config, no version, a missing file), or a file that cannot be verified.
+            backend, no config, no version, a version directory Triton reads as another one, a
+            missing file), or a file that cannot be verified.
     """
     _model_config_pb2()  # the triton extra, before anything else is read
     repository = Path(repository)
-    reports = []
+    reports: dict[Path, VerificationReport] = {}
     for model_dir in sorted(d for d in repository.iterdir() if d.is_dir()):
         config_path = model_dir / "config.pbtxt"
         if not config_path.is_file():
             raise VerificationError(f"{model_dir}: a model directory without config.pbtxt")
-        config = read_model_config(config_path)
-        filename = _served_file(config_path, config)
-        parameters = {key: value.string_value for key, value in config.parameters.items()}
-        versions = sorted(d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit())
-        if not versions:
-            raise VerificationError(f"{model_dir}: no version directory (1/, 2/...)")
-        for version in versions:
-            model_file = version / filename
-            if not model_file.is_file():
-                raise VerificationError(f"{model_file}: missing, and {config_path} serves it")
-            report = verify_file(model_file, progress)
-            problems = report.problems + _config_problems(config_path, parameters, report.embedded)
-            reports.append(dataclasses.replace(report, problems=problems))
+        versions = _version_directories(model_dir)
+        for path in (config_path, *sorted((model_dir / CUSTOM_CONFIGS).glob("*.pbtxt"))):
+            config = read_model_config(path)
+            filename = _served_file(path, config)
+            parameters = {key: value.string_value for key, value in config.parameters.items()}
+            for version in versions:
+                model_file = version / filename
+                if not model_file.is_file():
+                    raise VerificationError(f"{model_file}: missing, and {path} serves it")
+                report = reports.get(model_file) or verify_file(model_file, progress)
+                problems = report.problems + _config_problems(path, parameters, report.embedded)
+                reports[model_file] = dataclasses.replace(report, problems=problems)
     if not reports:
         raise VerificationError(
             f"{repository}: no Triton model in it (<model>/config.pbtxt with <version>/model.onnx or "
             "<version>/model.pt)"
         )
-    return reports
+    return list(reports.values())
+
+
+CUSTOM_CONFIGS = "configs"
+"""The folder of a model's custom configurations (``configs/NAME.pbtxt``, ``--model-config-name``)."""
+
+_NOT_VERSIONS = frozenset({"warmup", "initial_state", CUSTOM_CONFIGS})
+"""Folders of a model directory that Triton never reads as versions."""
+
+_NUMBER_START = re.compile(r"\s*[+-]?[0-9]")
+"""A name from which ``std::stoll``, Triton's parser of version directories, reads a number."""
+
+_VERSION_NAME = re.compile(r"0|[1-9][0-9]*")
+
+
+def _version_directories(model_dir: Path) -> list[Path]:
+    """The version directories of ``model_dir``, as Triton finds them: every other folder whose name
+    starts with a number (what ``std::stoll`` reads: leading space, a sign, digits, anything after)
+    except names with leading zeros; it loads version N from the folder named N. A folder Triton
+    reads as a version other than its name (``-1``, ``2x``, ``+3``) is refused: it could stand for a
+    version that is served, holding files that are not."""
+    versions = []
+    for folder in sorted(d for d in model_dir.iterdir() if d.is_dir()):
+        name = folder.name
+        if name in _NOT_VERSIONS or (len(name) > 1 and name[0] == "0") or not _NUMBER_START.match(name):
+            continue
+        if not _VERSION_NAME.fullmatch(name):
+            raise VerificationError(
+                f"{folder}: Triton reads a version number from this name and loads that version from "
+                "the folder named by the number alone: rename or remove it"
+            )
+        versions.append(folder)
+    if not versions:
+        raise VerificationError(f"{model_dir}: no version directory (1/, 2/...)")
+    return versions
 
 
 def _served_file(path: Path, config) -> str:

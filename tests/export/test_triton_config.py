@@ -4,6 +4,8 @@ cannot verify (another backend, another file served) is refused."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,6 @@ def repository(tmp_path_factory) -> Path:
 
 
 def _copy(repository: Path, target: Path) -> Path:
-    import shutil
-
     return shutil.copytree(repository, target)
 
 
@@ -41,6 +41,8 @@ def test_the_written_config_is_a_model_config(repository):
     (report,) = verify_triton_repository(repository)
     assert report.ok
     assert float(config.parameters["zoo.lipschitz_bound"].string_value) == report.embedded.lipschitz_bound
+    written = (repository / "tiny_onnx" / "config.pbtxt").read_text()
+    assert text_format.MessageToString(config) == written  # writer -> reader -> writer: the same text
 
 
 SPELLINGS = {  # each says the bound is 0.5 (and the list also repeats the weights hash, SHA)
@@ -113,12 +115,96 @@ def test_the_file_triton_serves_is_the_one_verified(repository, tmp_path):
     assert report.ok and report.artifact.endswith("served.onnx")
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b'name: "x"\nno_such_field: 3\n', r'no field named "no_such_field"'),
+        (b'parameters {\n  key: "zoo.lipschitz_bound"\n', r"Expected"),
+        (b'name: "\xff"\n', r"can't decode byte 0xff"),
+    ],
+    ids=["unknown field", "unclosed brace", "not UTF-8"],
+)
+def test_an_unreadable_config_is_one_line_naming_it(repository, tmp_path, text, message):
+    copy = _copy(repository, tmp_path / "repository")
+    path = copy / "tiny_onnx" / "config.pbtxt"
+    path.write_bytes(text)
+    with pytest.raises(VerificationError) as error:
+        verify_triton_repository(copy)
+    assert str(error.value).startswith(f"{path}: not a valid Triton model configuration (")
+    assert re.search(message, str(error.value)) and "\n" not in str(error.value)
+
+
 def test_unreadable_configs_and_model_directories_without_one_are_refused(repository, tmp_path):
     copy = _copy(repository, tmp_path / "repository")
     path = copy / "tiny_onnx" / "config.pbtxt"
-    path.write_text('name: "x"\nno_such_field: 3\n')
-    with pytest.raises(VerificationError, match=r"config\.pbtxt: not a valid Triton model configuration"):
+    (copy / "tiny_onnx" / "configs" / "folder.pbtxt").mkdir(parents=True)
+    with pytest.raises(VerificationError, match=r"configs/folder\.pbtxt: not a regular file"):
         verify_triton_repository(copy)
     path.unlink()
     with pytest.raises(VerificationError, match=r"tiny_onnx: a model directory without config\.pbtxt"):
         verify_triton_repository(copy)
+
+
+def _custom_config(repository: Path, tmp_path: Path, edit) -> tuple[Path, Path]:
+    """A copy of ``repository`` whose model has ``configs/h100.pbtxt``: its config.pbtxt changed by
+    ``edit`` (what Triton serves when started with ``--model-config-name h100``)."""
+    copy = _copy(repository, tmp_path / "repository")
+    config = read_model_config(copy / "tiny_onnx" / "config.pbtxt")
+    edit(config)
+    custom = copy / "tiny_onnx" / "configs" / "h100.pbtxt"
+    custom.parent.mkdir()
+    custom.write_text(text_format.MessageToString(config))
+    return copy, custom
+
+
+def test_a_custom_config_is_checked_like_config_pbtxt(repository, tmp_path):
+    copy, custom = _custom_config(repository, tmp_path, lambda c: None)
+    (report,) = verify_triton_repository(copy)  # one report per file, whatever serves it
+    assert report.ok
+
+    def lie(config) -> None:
+        config.parameters["zoo.lipschitz_bound"].string_value = "0.5"
+
+    copy, custom = _custom_config(repository, tmp_path / "lie", lie)
+    (report,) = verify_triton_repository(copy)
+    assert report.problems == (
+        f"{custom} says a bound of 0.5, the file's certificate {report.embedded.lipschitz_bound!r}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda c: setattr(c, "backend", "python"),
+            r"h100\.pbtxt: platform 'onnxruntime_onnx', backend 'python'",
+        ),
+        (
+            lambda c: setattr(c, "default_model_filename", "other.onnx"),
+            r"1/other\.onnx: missing, and .*configs/h100\.pbtxt serves it",
+        ),
+    ],
+    ids=["python backend", "another file"],
+)
+def test_a_custom_config_serving_something_else_is_refused(repository, tmp_path, edit, message):
+    copy, _ = _custom_config(repository, tmp_path, edit)
+    with pytest.raises(VerificationError, match=message):
+        verify_triton_repository(copy)
+
+
+@pytest.mark.parametrize("name", ["-1", "2x", "+3", " 4", "5.0"])
+def test_a_folder_triton_reads_as_another_version_is_refused(repository, tmp_path, name):
+    """Triton reads a version from a folder name with std::stoll ("2x" is 2) and loads version N from
+    the folder named N: such a folder's files are not what a version of that number serves."""
+    copy = _copy(repository, tmp_path / "repository")
+    shutil.copytree(copy / "tiny_onnx" / "1", copy / "tiny_onnx" / name)
+    with pytest.raises(VerificationError, match=r"Triton reads a version number from this name"):
+        verify_triton_repository(copy)
+
+
+@pytest.mark.parametrize("name", ["01", "warmup", "initial_state", "notes", "v2"])
+def test_folders_triton_never_reads_as_versions_are_left_alone(repository, tmp_path, name):
+    copy = _copy(repository, tmp_path / "repository")
+    (copy / "tiny_onnx" / name).mkdir()  # no model file in it: it must not be looked for
+    (report,) = verify_triton_repository(copy)
+    assert report.ok
