@@ -63,7 +63,8 @@ def test_a_false_bound_is_caught_in_every_spelling_triton_accepts(repository, tm
     del config.parameters["zoo.lipschitz_bound"]
     text = text_format.MessageToString(config) + SPELLINGS[spelling].replace("SHA", sha)
     path.write_text(text)
-    assert text_format.Parse(text, model_config_pb2.ModelConfig()).parameters["zoo.lipschitz_bound"]
+    config.parameters["zoo.lipschitz_bound"].string_value = "0.5"
+    assert read_model_config(path) == config  # every spelling: the same message, holding the lie
     (report,) = verify_triton_repository(copy)
     assert not report.ok
     assert report.problems == (
