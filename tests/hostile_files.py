@@ -11,7 +11,10 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 
@@ -146,3 +149,34 @@ def scripted(module: nn.Module, path: Path) -> Path:
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.script(module), path)
     return path
+
+
+HUGE_CONSTANT_OPS = {
+    "ConstantOfShape": {"shape": [100_000, 100_000]},
+    "Range": {"start": 0, "limit": 10**10, "delta": 1},
+    "Expand": {"one": [1], "shape": [100_000, 100_000]},
+    "Tile": {"one": [1], "repeats": [10**10]},
+}
+"""Ops that compute a tensor of 10^10 elements from a few stored integers (the op's inputs)."""
+
+
+def onnx_computing_a_huge_constant(op: str) -> onnx.ModelProto:
+    """``logits = input + sum(big)``, where ``big`` (10^10 elements, 40 GB or more) is computed by
+    ``op`` from small stored integers (:data:`HUGE_CONSTANT_OPS`): no shape the file declares is large."""
+    stored = [
+        numpy_helper.from_array(np.array(v, np.int64), name) for name, v in HUGE_CONSTANT_OPS[op].items()
+    ]
+    nodes = [
+        helper.make_node(op, [t.name for t in stored], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("Cast", ["total"], ["total_float"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["input", "total_float"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        stored,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])

@@ -136,6 +136,15 @@ def onnx_graph(input_dims: list, initializer: TensorProto | None = None) -> Call
     return make
 
 
+def _computed(op: str) -> Callable[[Path, Path], Path]:
+    def make(directory: Path, canary: Path) -> Path:
+        path = directory / "model.onnx"
+        path.write_bytes(hostile.onnx_computing_a_huge_constant(op).SerializeToString())
+        return path
+
+    return make
+
+
 def _external(directory: Path, canary: Path) -> Path:
     weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
     weight.data_location = TensorProto.EXTERNAL
@@ -317,6 +326,12 @@ CASES = {
         "its data is not in the file",
     ),
     "onnx external data": (["verify"], _external, "refers to external data '/dev/zero'"),
+    "onnx Range computing 10^10 elements / verify": (["verify"], _computed("Range"), "its shape inferred"),
+    "onnx ConstantOfShape computing 10^10 elements / serve": (
+        ["serve"],
+        _computed("ConstantOfShape"),
+        "its shape inferred",
+    ),
     "onnx NaN certificate / verify": (["verify"], onnx_with_certificate(NAN_BOUND), "holds NaN"),
     "onnx NaN certificate / serve": (["serve"], onnx_with_certificate(NAN_BOUND), "holds NaN"),
     "onnx negative certificate": (
