@@ -20,4 +20,10 @@ VARIANTS = [
     ("lipconv", "orthogonal-init", {**SMALL["lipconv"], "init": "orthogonal", "bjorck_tol": 1e-3}),
     ("lipmlp", "orthogonal-init", {**SMALL["lipmlp"], "init": "orthogonal", "bjorck_tol": 1e-3}),
     ("lipresnet", "convex", {**SMALL["lipresnet"], "block": "convex"}),
+    ("lipresnet", "stem-stride2", {**SMALL["lipresnet"], "stem_stride": 2}),
+    (
+        "lipconv",
+        "operator-l2pool",
+        {**SMALL["lipconv"], "conv_norm": "operator", "pool": "l2", "pool_from": 0},
+    ),
 ]

@@ -81,6 +81,7 @@ def same_arguments(
 
 
 CIRCULAR = {"padding_mode": "circular"}
+OPERATOR_NORM_6X6 = {"conv_norm": "operator", "input_size": (6, 6)}
 CASES: dict[str, Case] = {
     # dense layers
     "spectral_linear": Case(*same_arguments(SpectralLinear, nn.Linear, 12, 7), (12,), orthogonal=True),
@@ -110,6 +111,17 @@ CASES: dict[str, Case] = {
     ),
     "spectral_conv2d_depthwise_stride2": Case(
         *same_arguments(SpectralConv2d, nn.Conv2d, 4, 4, 3, stride=2, padding=1, groups=4),
+        (4, 6, 6),
+    ),
+    # divided by the operator norm on their input size (power iteration; eval mode: the sound bound)
+    "spectral_conv2d_operator": Case(
+        lambda: SpectralConv2d(3, 6, 3, padding=1, options=OPERATOR_NORM_6X6),
+        lambda: nn.Conv2d(3, 6, 3, padding=1),
+        (3, 6, 6),
+    ),
+    "spectral_conv2d_operator_stride2_circular": Case(
+        lambda: SpectralConv2d(4, 8, 3, stride=2, padding=1, **CIRCULAR, options=OPERATOR_NORM_6X6),
+        lambda: nn.Conv2d(4, 8, 3, stride=2, padding=1, **CIRCULAR),
         (4, 6, 6),
     ),
     "frobenius_conv2d": Case(
@@ -182,6 +194,11 @@ CASES: dict[str, Case] = {
         (3, 6),
     ),
     "spectral_conv1d": Case(*same_arguments(SpectralConv1d, nn.Conv1d, 3, 5, 3, padding=1), (3, 10)),
+    "spectral_conv1d_operator": Case(
+        lambda: SpectralConv1d(3, 5, 3, padding=1, options={"conv_norm": "operator", "input_size": (10,)}),
+        lambda: nn.Conv1d(3, 5, 3, padding=1),
+        (3, 10),
+    ),
     "frobenius_conv1d": Case(*same_arguments(FrobeniusConv1d, nn.Conv1d, 3, 5, 3, padding=1), (3, 10)),
     "aol_conv1d": Case(*same_arguments(AOLConv1d, nn.Conv1d, 4, 4, 5, padding=2), (4, 10)),
     "orthogonal_conv1d": Case(

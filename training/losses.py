@@ -80,16 +80,26 @@ class MulticlassHKR(nn.Module):
 
 
 class TauCrossEntropy(nn.Module):
-    """Cross-entropy with temperature: ``CE(tau * logits, y) / tau``. 1-Lipschitz logits are small,
-    so ``tau`` (e.g. 5..20) sets how large a margin the loss keeps pushing for."""
+    """Cross-entropy with temperature and margin: ``CE(tau * (logits - offset * onehot(y)), y) / tau``.
 
-    def __init__(self, tau: float = 10.0) -> None:
+    1-Lipschitz logits are small, so ``tau`` (e.g. 5..20) sets how large a margin the loss keeps
+    pushing for. ``offset`` lowers the true logit before the softmax (Prach & Lampert 2022, the loss
+    of the SLL and AOC papers): the loss only becomes small once the true logit leads the others by
+    about ``offset``, i.e. at a certified radius of about ``offset / sqrt(2)`` for a 1-Lipschitz net.
+    """
+
+    def __init__(self, tau: float = 10.0, offset: float = 0.0) -> None:
         super().__init__()
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
         self.tau = tau
+        self.offset = offset
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.offset:
+            logits = logits - self.offset * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
         return F.cross_entropy(self.tau * logits, labels) / self.tau
 
 

@@ -44,7 +44,7 @@ from zoo.checkpoint import atomic_write_bytes, write_checkpoint
 from zoo.device import resolve_device
 from zoo.fold import fold
 from zoo.registry import ModelEntry
-from zoo.robustness import certified_accuracy
+from zoo.robustness import certified_accuracy, eps_key, reported_eps
 
 __all__ = [
     "CERTIFIED_EPS",
@@ -114,7 +114,8 @@ def evaluate(
     eps: Sequence[float] = CERTIFIED_EPS,
     batch_size: int = 512,
 ) -> dict[str, Any]:
-    """Clean accuracy and certified accuracy at each eps of ``model`` on (x, y)."""
+    """Clean accuracy and certified accuracy at each eps of ``model`` on (x, y), the latter keyed by
+    :func:`zoo.robustness.eps_key`."""
     device = next(model.parameters()).device
     model.eval()
     logits = torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
@@ -122,7 +123,7 @@ def evaluate(
     certified = certified_accuracy(logits, y, lipschitz_bound, eps)
     return {
         "clean_accuracy": clean,
-        "certified_accuracy": {str(e): acc for e, acc in certified.items()},
+        "certified_accuracy": {eps_key(e): acc for e, acc in certified.items()},
     }
 
 
@@ -285,12 +286,12 @@ def train(
                     f"{entry.name}: {threads} torch thread(s), as {source} (--threads to change)"
                 )
             protocol = protocol_type(run)
-            model, history, seconds = _train_units(run, protocol, state, key)
+            model, history, seconds, cpu_seconds = _train_units(run, protocol, state, key)
             protocol.end_training()
             run.context.close()
             if not run.context.is_main:
                 return None
-            return _finish(run, protocol, model, history, seconds)
+            return _finish(run, protocol, model, history, seconds, cpu_seconds)
 
 
 def _previous_state(out_dir: Path, resume: bool, key: str) -> dict[str, Any] | None:
@@ -317,10 +318,10 @@ def _on_step(guard: DivergenceGuard, progress: RunProgress, where: str, loss: fl
 
 def _train_units(
     run: Run, protocol: TrainingProtocol, state: dict[str, Any] | None, key: str
-) -> tuple[nn.Module, list[dict[str, Any]], float]:
+) -> tuple[nn.Module, list[dict[str, Any]], float, float]:
     """Build the protocol's model under the run's seed, load ``state`` into it if resuming, train
     the remaining units (saving the state, recipe ``key``, after each); returns the model, the
-    history and the seconds it took."""
+    history, and the wall-clock and CPU seconds (this process, all threads) it took."""
     entry, console = run.entry, run.console
     state_path = run.out_dir / STATE_FILE
     guard = DivergenceGuard(entry.name, entry.recipe.optimizer.lr)
@@ -334,7 +335,7 @@ def _train_units(
             console.print(f"resuming {entry.name} from {state_path} after {protocol.unit} {start}")
         elif run.options.resume:
             console.print(f"no {STATE_FILE} in {run.out_dir}: starting {entry.name} from scratch")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         units = protocol.units()
         with RunProgress(console, entry.name, protocol.unit, units, start, run.options.progress) as progress:
             for unit in range(start, units):
@@ -352,11 +353,16 @@ def _train_units(
                     )
                 run.context.barrier()
                 progress.end_unit(unit, history[-1])
-    return model, history, time.perf_counter() - started
+    return model, history, time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def _finish(
-    run: Run, protocol: TrainingProtocol, model: nn.Module, history: list[dict[str, Any]], seconds: float
+    run: Run,
+    protocol: TrainingProtocol,
+    model: nn.Module,
+    history: list[dict[str, Any]],
+    seconds: float,
+    cpu_seconds: float,
 ) -> TrainResult:
     """Fold, certify from the folded weights, write the checkpoint, evaluate, write the metrics."""
     data = protocol.evaluation_data()
@@ -371,13 +377,21 @@ def _finish(
         "lipschitz_bound": certificate.lipschitz_bound,
         # A lower bound found by attack on test inputs: lower / upper says how tight the certificate is.
         "empirical_lipschitz": empirical_lipschitz(folded, data.x_test[:EMPIRICAL_INPUTS], steps=50),
-        **evaluate(folded, data.x_test, data.y_test, certificate.lipschitz_bound),
+        **evaluate(
+            folded,
+            data.x_test,
+            data.y_test,
+            certificate.lipschitz_bound,
+            reported_eps(run.entry.recipe.dataset),
+        ),
         "epochs": run.epochs,
         "seed": run.seed,
         # Float sums depend on the thread count: reproducing a run bit for bit needs the same one
         # (training.threads applies it again).
         "torch_threads": torch.get_num_threads(),
         "train_seconds_this_run": round(seconds, 2),
+        # CPU time of the epochs (all threads of this process): steadier than wall time on a busy machine.
+        "train_cpu_seconds_this_run": round(cpu_seconds, 2),
         "history": history,
         **protocol.metrics(),
     }

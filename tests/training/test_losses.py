@@ -44,14 +44,15 @@ def test_hkr_combines_hinge_and_kr():
     assert float(hkr(LOGITS, LABELS)) == pytest.approx(float(expected))
 
 
-def test_tau_cross_entropy_by_hand():
+@pytest.mark.parametrize("offset", [0.0, 1.5])
+def test_tau_cross_entropy_by_hand(offset):
     tau = 4.0
     expected = 0.0
     for row, label in zip(LOGITS.tolist(), LABELS.tolist(), strict=True):
-        scaled = [tau * v for v in row]
+        scaled = [tau * (v - offset * (k == label)) for k, v in enumerate(row)]
         expected += -(scaled[label] - math.log(sum(math.exp(v) for v in scaled)))
     expected /= len(LABELS) * tau
-    assert float(TauCrossEntropy(tau)(LOGITS, LABELS)) == pytest.approx(expected)
+    assert float(TauCrossEntropy(tau, offset)(LOGITS, LABELS)) == pytest.approx(expected)
 
 
 def test_make_loss_names_bad_parameters():
@@ -63,3 +64,5 @@ def test_make_loss_names_bad_parameters():
         make_loss("mse", {})
     with pytest.raises(ValueError, match="tau must be positive"):
         make_loss("tau_cross_entropy", {"tau": 0.0})
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        make_loss("tau_cross_entropy", {"tau": 1.0, "offset": -1.0})

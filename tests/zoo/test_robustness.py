@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from zoo.robustness import certified_accuracy, certified_radius
+from zoo.robustness import certified_accuracy, certified_radius, eps_key, eps_name, reported_eps
 
 
 def test_radius_is_top1_minus_top2_over_sqrt2_l():
@@ -34,3 +34,26 @@ def test_bad_arguments():
         certified_radius(torch.zeros(2, 3), 0.0)
     with pytest.raises(ValueError, match="shape"):
         certified_radius(torch.zeros(3), 1.0)
+
+
+def test_reported_radii_and_their_names():
+    assert reported_eps("digits") == (0.1, 0.25, 0.5)
+    assert reported_eps("fashion_mnist") == (0.1, 36 / 255, 0.25, 72 / 255, 0.5, 1.0)
+    assert [eps_key(e) for e in reported_eps("fashion_mnist")] == [
+        "0.1",
+        "0.1412",
+        "0.25",
+        "0.2824",
+        "0.5",
+        "1",
+    ]
+    assert [eps_name(e) for e in reported_eps("fashion_mnist")] == [
+        "0.1",
+        "36/255",
+        "0.25",
+        "72/255",
+        "0.5",
+        "1.0",
+    ]
+    with pytest.raises(ValueError, match="no reported radii for dataset 'imagenet'"):
+        reported_eps("imagenet")

@@ -26,6 +26,7 @@ from zoo.layers.normalization import (
     LayerCentering,
     fold_batchrenorm,
 )
+from zoo.layers.operator_norm import ConvOperatorNorm
 from zoo.layers.orthogonal import (
     BlockOrthogonal,
     OrthogonalConv1d,
@@ -51,6 +52,7 @@ from zoo.layers.residual import (
     sll_residual,
 )
 from zoo.layers.spectral import (
+    CONV_NORMS,
     SpectralBjorck,
     SpectralConv1d,
     SpectralConv2d,
@@ -69,6 +71,7 @@ FAMILIES: dict[str, Callable[..., nn.Module]] = {
 }
 
 __all__ = [
+    "CONV_NORMS",
     "FAMILIES",
     "SLL",
     "AOLConv1d",
@@ -81,6 +84,7 @@ __all__ = [
     "BatchReCentering2d",
     "BatchReNorm2d",
     "BlockOrthogonal",
+    "ConvOperatorNorm",
     "ConvexResidual",
     "FrobeniusConv1d",
     "FrobeniusConv2d",

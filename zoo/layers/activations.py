@@ -32,6 +32,20 @@ def _check_channels(x: torch.Tensor, multiple: int, layer: str) -> None:
         )
 
 
+def _min_max(a: torch.Tensor, b: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(minimum(a, b), maximum(a, b))``.
+
+    In training mode as ``b - relu(b - a)`` and ``a + relu(b - a)``: the same values up to one
+    rounding, whose backward pass (one ReLU mask) costs about a fifth of that of ``minimum`` /
+    ``maximum`` (measured on the CPU). In eval mode, in which models are folded and exported, the
+    ``minimum`` / ``maximum`` ops themselves, which the file verifiers recognise.
+    """
+    if not training:
+        return torch.minimum(a, b), torch.maximum(a, b)
+    gap = torch.relu(b - a)
+    return b - gap, a + gap
+
+
 class GroupSort(nn.Module):
     """Sort the channels (dim 1) in ascending order within consecutive groups of ``group_size``.
 
@@ -52,8 +66,8 @@ class GroupSort(nn.Module):
         _check_channels(x, size, type(self).__name__)
         groups = x.unflatten(1, (x.shape[1] // size, size))
         if size == 2:  # min / max export to elementwise ops, cheaper than a sort
-            low, high = groups.unbind(dim=2)
-            return torch.stack((torch.minimum(low, high), torch.maximum(low, high)), dim=2).flatten(1, 2)
+            low, high = _min_max(*groups.unbind(dim=2), self.training)
+            return torch.stack((low, high), dim=2).flatten(1, 2)
         return groups.sort(dim=2).values.flatten(1, 2)
 
     def extra_repr(self) -> str:
@@ -82,8 +96,8 @@ class MaxMin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(x, 2, "MaxMin")
-        a, b = x.chunk(2, dim=1)
-        return torch.cat((torch.maximum(a, b), torch.minimum(a, b)), dim=1)
+        low, high = _min_max(*x.chunk(2, dim=1), self.training)
+        return torch.cat((high, low), dim=1)
 
 
 class Abs(nn.Module):

@@ -3,8 +3,9 @@
 The weight, viewed as the (out, in * prod(kernel)) matrix, is divided by its largest singular value
 (power iteration) and pushed towards the nearest orthonormal matrix by Bjorck iterations, so all its
 singular values are close to ``lip``: gradient norm preserving dense layers. A convolution is
-additionally divided by ``sqrt(conv_overlap_factor)``: sound for every kernel, loose for most (the
-orthogonal and AOL families use the convolution's real structure instead). A transposed
+additionally divided by ``sqrt(conv_overlap_factor)`` (``conv_norm='overlap'``): sound for every
+kernel, loose for most; or by the norm of the convolution operator itself (``conv_norm='operator'``,
+power iteration on the convolution: :mod:`zoo.layers.operator_norm`). A transposed
 convolution is the adjoint of the convolution with the same weight, whose matrix view is the same,
 so it gets the same treatment (:func:`SpectralConvTranspose2d`).
 """
@@ -12,15 +13,18 @@ so it gets the same treatment (:func:`SpectralConvTranspose2d`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from zoo.layers.parametrizations import check_layer, conv_overlap_factor, layer_constructor
+from zoo.layers.operator_norm import ConvOperatorNorm
+from zoo.layers.parametrizations import TRANSPOSED_TYPES, check_layer, conv_overlap_factor, layer_constructor
 
 __all__ = [
+    "CONV_NORMS",
     "SpectralBjorck",
     "SpectralConv1d",
     "SpectralConv2d",
@@ -31,6 +35,10 @@ __all__ = [
     "gram_norm_bound",
     "spectral_bjorck",
 ]
+
+
+# How a spectral convolution is scaled after its matrix view is made orthonormal (see spectral_bjorck).
+CONV_NORMS = ("overlap", "operator")
 
 
 def bjorck_orthonormalize(
@@ -186,25 +194,43 @@ def spectral_bjorck(
     power_iters: int = 1,
     bjorck_iters: int = 15,
     bjorck_tol: float | None = None,
+    conv_norm: str = "overlap",
+    input_size: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     """Register a :class:`SpectralBjorck` parametrization on ``module.weight`` (in place) and return it.
 
     Works for ``nn.Linear``, ``nn.Conv1d`` / ``nn.Conv2d`` (any groups, zero or circular padding) and
-    ``nn.ConvTranspose1d`` / ``2d`` (groups=1); convolutions get the extra factor
-    ``1 / sqrt(conv_overlap_factor)`` so that the whole convolution stays ``lip``-Lipschitz. A
-    transposed convolution's weight ``(in, out, *kernel)`` viewed as an ``(in, out * prod(kernel))``
-    matrix is the matrix view of the convolution it is the adjoint of (same stride, dilation), whose
-    norm bounds its own.
+    ``nn.ConvTranspose1d`` / ``2d`` (groups=1). A transposed convolution's weight ``(in, out, *kernel)``
+    viewed as an ``(in, out * prod(kernel))`` matrix is the matrix view of the convolution it is the
+    adjoint of (same stride, dilation), whose norm bounds its own.
+
+    A convolution's orthonormal matrix view is then scaled to keep the convolution ``lip``-Lipschitz,
+    as ``conv_norm`` says:
+
+    * ``'overlap'`` (deel-torchlip's way): times ``1 / sqrt(conv_overlap_factor)``, sound for every
+      kernel but 1/3 for a 3x3 conv, typically 2-3 times below the norm the conv could have;
+    * ``'operator'``: divided by the operator norm of the convolution on inputs of ``input_size``
+      (:class:`~zoo.layers.operator_norm.ConvOperatorNorm`, power iteration), so its largest
+      singular value is about ``lip``. Conv1d / Conv2d only; needs ``input_size``.
     """
     check_layer(module, "spectral_bjorck", transposed=True)
+    if conv_norm not in CONV_NORMS:
+        raise ValueError(f"unknown conv_norm {conv_norm!r}; known: {', '.join(CONV_NORMS)}")
+    operator = conv_norm == "operator" and not isinstance(module, nn.Linear)
+    if operator and isinstance(module, TRANSPOSED_TYPES):
+        raise ValueError("conv_norm='operator' supports nn.Conv1d / nn.Conv2d, not transposed convolutions")
+    if operator and input_size is None:
+        raise ValueError(
+            "conv_norm='operator' needs the input_size of the convolution's inputs, e.g. (28, 28)"
+        )
     scale = 1.0
-    if not isinstance(module, nn.Linear):
+    if not isinstance(module, nn.Linear) and not operator:
         scale = 1.0 / math.sqrt(conv_overlap_factor(module.kernel_size, module.stride, module.dilation))
     parametrization = SpectralBjorck(
         module.weight.shape[0],
         groups=getattr(module, "groups", 1),
-        lip=lip,
+        lip=1.0 if operator else lip,
         scale=scale,
         power_iters=power_iters,
         bjorck_iters=bjorck_iters,
@@ -212,6 +238,9 @@ def spectral_bjorck(
         generator=generator,
     )
     parametrize.register_parametrization(module, "weight", parametrization)
+    if operator:
+        normalize = ConvOperatorNorm(module, input_size, lip=lip, generator=generator)
+        parametrize.register_parametrization(module, "weight", normalize)
     return module
 
 

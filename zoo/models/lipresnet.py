@@ -22,9 +22,11 @@ def lipresnet(
     hidden_ratio: int = 2,
     block: str = "sll",
     activation: str = "maxmin",
+    stem_stride: int = 1,
 ) -> nn.Sequential:
-    """An orthogonal 3x3 stem, then stages of ``depth`` residual blocks at a constant width, stages
-    joined by an orthogonal 2x2 stride-2 convolution; then Flatten and orthogonal logits.
+    """An orthogonal 3x3 stem (stride ``stem_stride``), then stages of ``depth`` residual blocks at a
+    constant width, stages joined by an orthogonal 2x2 stride-2 convolution; then Flatten and
+    orthogonal logits.
 
     Args:
         input_shape: (C, H, W) of the inputs.
@@ -37,6 +39,7 @@ def lipresnet(
         block: 'sll' (``x - 2 W T^-1 relu(W^T x + b)``, 3x3) or 'convex'
             (``(1 - alpha) x + alpha act(conv(x))`` with an orthogonal 3x3 conv, ``alpha`` learnt).
         activation: the 'convex' block's activation ('groupsort2', 'maxmin', 'abs', 'householder').
+        stem_stride: 1, or 2 to halve the resolution at the stem (the blocks then cost a quarter).
 
     Shape: (N, *input_shape) -> (N, num_classes).
     """
@@ -55,8 +58,10 @@ def lipresnet(
         inner = nn.Conv2d(channels, channels * hidden_ratio, 3, padding=1)
         return SLL(inner) if parametrized else sll_residual(inner)
 
-    layers: list[nn.Module] = [orthogonal(nn.Conv2d(channels, widths[0], 3, padding=1))]
-    channels = widths[0]
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
+    layers: list[nn.Module] = [orthogonal(nn.Conv2d(channels, widths[0], 3, stride=stem_stride, padding=1))]
+    channels, height, width = widths[0], -(-height // stem_stride), -(-width // stem_stride)
     for stage, out_channels in enumerate(widths):
         if stage > 0:
             stride = 2 if min(height, width) >= 2 else 1
