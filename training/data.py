@@ -54,6 +54,7 @@ class Dataset:
         y_train, y_test: int64 labels (N,).
         num_classes: number of classes.
         preprocessing: how raw data became ``x`` (recorded in every certificate).
+        class_names: the name of each label, when the dataset has names.
     """
 
     x_train: torch.Tensor
@@ -62,6 +63,7 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -103,17 +105,33 @@ class MnistFamily:
         torchvision_folder: ``DIR/<folder>/raw`` is where torchvision keeps (and downloads) its files.
         system_dirs: directories a system package installs the idx files into, searched without --data-dir.
         apt_package: the Debian / Ubuntu package that installs them, if any.
+        class_names: the name of each label.
     """
 
     torchvision_folder: str
     system_dirs: tuple[Path, ...] = ()
     apt_package: str | None = None
+    class_names: tuple[str, ...] = ()
 
 
 MNIST_FAMILY: dict[str, MnistFamily] = {
-    "mnist": MnistFamily("MNIST"),
+    "mnist": MnistFamily("MNIST", class_names=tuple(str(digit) for digit in range(10))),
     "fashion_mnist": MnistFamily(
-        "FashionMNIST", (Path("/usr/share/datasets/fashion-mnist"),), apt_package="dataset-fashion-mnist"
+        "FashionMNIST",
+        (Path("/usr/share/datasets/fashion-mnist"),),
+        apt_package="dataset-fashion-mnist",
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
     ),
 }
 # The four files of the original distributions, each either as is or gzip-compressed (``.gz``).
@@ -203,7 +221,8 @@ def load_mnist_family(name: str, data_dir: str | Path | None = None, download: b
             f"in {folder} differ in size"
         )
     preprocessing = {"dataset": name, **MNIST_PREPROCESSING}
-    return Dataset(x_train, y_train, x_test, y_test, num_classes=10, preprocessing=preprocessing)
+    class_names = MNIST_FAMILY[name].class_names
+    return Dataset(x_train, y_train, x_test, y_test, 10, preprocessing, class_names)
 
 
 def _read_cifar10_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

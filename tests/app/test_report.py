@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from export.pipeline import export_model
 from export.verify import verify_artifact
+from training.data import load_digits
 from zoo.app.cli import app
+from zoo.app.report import CertificateContradictedError, radius_examples
 from zoo.checkpoint import read_checkpoint, write_checkpoint
 from zoo.hub import PACKAGE_DIR, load
 
@@ -94,3 +96,25 @@ def test_a_registry_name_keeps_its_recipe_and_refuses_another_dataset(tmp_path):
     result = report("lipconv_xs.digits_transfer_l2", tmp_path, "--dataset", "mnist")
     assert result.exit_code == 1
     assert "lipconv_xs.digits_transfer_l2 is a model of digits, not mnist" in result.stderr
+
+
+def test_radius_examples_are_per_class_and_bracket_the_robust_radius():
+    certified = load("lipmlp_s.digits_hkr")
+    digits = load_digits()
+    examples = radius_examples(certified, digits.x_test, digits.y_test, per_class=2, attack_steps=100)
+    assert [example.label for example in examples] == [k for k in range(10) for _ in range(2)]
+    for example in examples:
+        first = [i for i, y in enumerate(digits.y_test.tolist()) if y == example.label][:2]
+        assert example.index in first
+        if example.predicted == example.label:
+            assert 0 < example.certified <= example.attack < float("inf")
+
+
+def test_an_inflated_certificate_is_contradicted_by_the_attack():
+    certified = load("lipmlp_s.digits_hkr")
+    digits = load_digits()
+    claimed = dataclasses.replace(
+        certified.certificate, lipschitz_bound=certified.certificate.lipschitz_bound / 20
+    )
+    with pytest.raises(CertificateContradictedError, match="lies within its certified radius"):
+        radius_examples(dataclasses.replace(certified, certificate=claimed), digits.x_test, digits.y_test)

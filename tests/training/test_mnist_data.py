@@ -211,3 +211,4 @@ def test_the_installed_fashion_mnist():
     assert torch.bincount(data.y_test).tolist() == [1000] * 10
     assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0
     assert data.input_shape == (1, 28, 28)
+    assert data.class_names[0] == "T-shirt/top" and data.class_names[9] == "Ankle boot"

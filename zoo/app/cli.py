@@ -704,17 +704,22 @@ def report(
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     progress: Annotated[bool, typer.Option(help="draw an exported file's verification progress")] = True,
 ) -> None:
-    """Write a model card: Markdown with certified accuracy against eps and per-layer bounds plots.
+    """Write a model card: certified accuracy against eps, per-layer bounds, and test images with their
+    certified radius and the distance of the closest adversarial example an attack finds.
 
     The radii of an exported file use the bound recomputed from the file (as zoo verify does)."""
     from export.verify import VerificationError
-    from zoo.app.report import evaluation_set, resolve_card_source, write_model_card
+    from zoo.app.report import (
+        CertificateContradictedError,
+        evaluation_set,
+        resolve_card_source,
+        write_model_card,
+    )
 
     with _user_errors(VerificationError), _op_progress(progress, f"verifying {Path(source).name}") as on_op:
         card = resolve_card_source(source, dataset, on_op)
-    with _user_errors():
-        x_test, y_test = evaluation_set(card, data_dir)
-        path = write_model_card(card, x_test, y_test, out)
+    with _user_errors(CertificateContradictedError):
+        path = write_model_card(card, evaluation_set(card, data_dir), out)
     console.print(f"model card: {path}", highlight=False, soft_wrap=True)
 
 

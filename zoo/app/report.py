@@ -1,4 +1,11 @@
-"""Model cards: a Markdown page with two PNG plots (certified accuracy against eps, per-layer bounds).
+"""Model cards: a Markdown page with three PNG plots.
+
+* certified accuracy against the L2 radius eps, the dataset's reported radii marked and tabulated;
+* the certificate's per-layer bounds (also as a table);
+* a grid of test images, each with its certified radius and the distance of the closest adversarial
+  example an attack found (:func:`zoo.attack.minimal_l2_adversarial`): the true robust radius lies
+  between the two, so their ratio says how much robustness the certificate leaves unproven. An
+  attack distance below a certified radius would disprove the certificate: the card is refused then.
 
 A card describes a models.yaml name, a checkpoint file or an exported file (ONNX, TorchScript, .pt2):
 :func:`resolve_card_source` turns each into a :class:`CardSource`, :func:`evaluation_set` loads its
@@ -8,6 +15,7 @@ test set, and :func:`write_model_card` evaluates and writes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,15 +29,31 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from zoo.app import EXPORTED_SUFFIXES
+from zoo.attack import minimal_l2_adversarial
 from zoo.certificate import Certificate
 from zoo.hub import CertifiedModel, load
 from zoo.registry import ModelEntry, get_entry
-from zoo.robustness import certified_radius
+from zoo.robustness import certified_radius, eps_name, reported_eps
 
 if TYPE_CHECKING:
     from export.propagation import Progress
 
-__all__ = ["CardSource", "evaluation_set", "resolve_card_source", "write_model_card"]
+__all__ = [
+    "CardSource",
+    "CertificateContradictedError",
+    "RadiusExample",
+    "TestSet",
+    "evaluation_set",
+    "radius_examples",
+    "resolve_card_source",
+    "write_model_card",
+]
+
+EXAMPLES_PER_CLASS = 2
+
+
+class CertificateContradictedError(RuntimeError):
+    """An adversarial example was found closer than an input's certified radius."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,8 @@ class CardSource:
         entry: the registry entry when the source is a name (a transfer recipe is evaluated on its
             target classes), else None.
         layers_label: what the bars of the bounds plot show.
+        differentiable: whether gradients flow through ``certified.model`` (the attack needs them;
+            an ONNX file run by onnxruntime has none).
     """
 
     name: str
@@ -53,6 +79,17 @@ class CardSource:
     dataset: str
     entry: ModelEntry | None = None
     layers_label: str = "Lipschitz bound of the layer"
+    differentiable: bool = True
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The examples a card is measured on: (N, *input_shape) inputs, (N,) labels, and each label's
+    name (empty when the dataset has none)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: tuple[str, ...] = ()
 
 
 def resolve_card_source(
@@ -99,9 +136,9 @@ def resolve_card_source(
     return CardSource(entry.name, facts, certified, recipe.dataset, entry)
 
 
-def evaluation_set(card: CardSource, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test examples and labels ``card`` is measured on; ValueError when the model's number of
-    classes is not the test set's."""
+def evaluation_set(card: CardSource, data_dir: str | Path | None = None) -> TestSet:
+    """The test examples and labels ``card`` is measured on (a transfer recipe's relabelled target
+    classes have no names); ValueError when the model's number of classes is not the test set's."""
     from training.data import load_dataset
     from training.trainer import evaluation_split
 
@@ -115,7 +152,8 @@ def evaluation_set(card: CardSource, data_dir: str | Path | None = None) -> tupl
             f"{card.name} has {outputs} outputs but the {card.dataset} test set has {labels} classes "
             "(a model of a class subset is reported by its models.yaml name)"
         )
-    return x_test, y_test
+    relabelled = card.entry is not None and card.entry.recipe.transfer is not None
+    return TestSet(x_test, y_test, () if relabelled else data.class_names)
 
 
 def _architecture(architecture: dict) -> str:
@@ -197,14 +235,23 @@ def _exported(path: Path, dataset: str | None, progress: Progress | None) -> Car
         CertifiedModel(model, certificate, {}),
         _dataset_of(report.embedded, dataset, path),
         layers_label="bound from the input to the op's output",
+        differentiable=path.suffix != ".onnx",
     )
 
 
-def _plot_certified_accuracy(radius: np.ndarray, correct: np.ndarray, path: Path) -> None:
-    eps = np.linspace(0.0, max(float(radius.max()), 1e-3) * 1.05, 200)
+def _plot_certified_accuracy(
+    radius: np.ndarray, correct: np.ndarray, marks: Sequence[float], path: Path
+) -> None:
+    eps = np.linspace(0.0, max(float(radius.max()), max(marks), 1e-3) * 1.05, 400)
     accuracy = [(correct & (radius > e)).mean() * 100 for e in eps]
     figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
     axes.plot(eps, accuracy)
+    for e in marks:
+        value = (correct & (radius > e)).mean() * 100
+        axes.plot([e], [value], "o", color="C1")
+        axes.annotate(
+            f"{eps_name(e)}: {value:.1f}", (e, value), textcoords="offset points", xytext=(4, 4), fontsize=7
+        )
     axes.set(xlabel="L2 radius eps (input units)", ylabel="certified accuracy (%)", ylim=(0, 100))
     axes.grid(alpha=0.3)
     figure.tight_layout()
@@ -225,34 +272,180 @@ def _plot_layer_bounds(certified: CertifiedModel, label: str, path: Path) -> Non
     plt.close(figure)
 
 
-def write_model_card(card: CardSource, x_test: torch.Tensor, y_test: torch.Tensor, out_dir: Path) -> Path:
-    """Evaluate ``card``'s model on the test set and write ``out_dir/<name>.md`` with its plots."""
-    certified = card.certified
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class RadiusExample:
+    """One test image: its index in the test set, label, prediction, certified radius and the distance
+    of the closest adversarial example found (L2, input units; ``inf`` when the attack found
+    nothing, 0 when the image is misclassified, ``nan`` when no attack ran)."""
+
+    index: int
+    label: int
+    predicted: int
+    certified: float
+    attack: float
+
+
+def radius_examples(
+    certified: CertifiedModel,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    per_class: int = EXAMPLES_PER_CLASS,
+    attack_steps: int = 200,
+    attack: bool = True,
+) -> list[RadiusExample]:
+    """The first ``per_class`` test images of each class (by class) with their certified radius and,
+    if ``attack``, the distance of the closest adversarial example found.
+
+    Raises:
+        CertificateContradictedError: an adversarial example lies within an image's certified radius.
+    """
+    labels = y_test.tolist()
+    chosen = [i for k in sorted(set(labels)) for i in [j for j, y in enumerate(labels) if y == k][:per_class]]
+    x, y = x_test[chosen], y_test[chosen]
+    with torch.no_grad():
+        logits = certified.model(x)
+    radius = certified_radius(logits, certified.certificate.lipschitz_bound)
+    predicted = logits.argmax(1)
+    if attack:
+        distance = minimal_l2_adversarial(certified.model, x, y, steps=attack_steps).distance
+    else:
+        distance = torch.full((len(chosen),), float("nan"), dtype=torch.float64)
+    examples = []
+    for row, index in enumerate(chosen):
+        example = RadiusExample(
+            index, int(y[row]), int(predicted[row]), float(radius[row]), float(distance[row])
+        )
+        if example.predicted == example.label and example.attack < example.certified:
+            raise CertificateContradictedError(
+                f"test image {index}: an adversarial example at distance {example.attack:.6f} lies within "
+                f"its certified radius {example.certified:.6f}: the certificate is wrong"
+            )
+        examples.append(example)
+    return examples
+
+
+def _plot_examples(
+    examples: list[RadiusExample], x_test: torch.Tensor, class_names: Sequence[str], path: Path
+) -> None:
+    columns = min(len(examples), 10)
+    rows = -(-len(examples) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), dpi=120, squeeze=False)
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, example in zip(grid.flat, examples, strict=False):
+        image = x_test[example.index].numpy()
+        axes.imshow(
+            image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1
+        )
+        caption = _class_name(class_names, example.label)
+        if example.predicted != example.label:
+            caption += "\nmisclassified"
+        else:
+            caption += f"\ncert {example.certified:.2f}"
+            caption += "" if np.isnan(example.attack) else f"\nattack {example.attack:.2f}"
+        axes.set_title(caption, fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _class_name(class_names: Sequence[str], label: int) -> str:
+    return class_names[label] if class_names else str(label)
+
+
+def _example_rows(examples: list[RadiusExample], class_names: Sequence[str]) -> list[str]:
+    rows = []
+    for example in examples:
+        label = _class_name(class_names, example.label)
+        predicted = _class_name(class_names, example.predicted)
+        if example.predicted != example.label:
+            figures = "- | - | -"
+        elif np.isnan(example.attack):
+            figures = f"{example.certified:.4f} | - | -"
+        else:
+            ratio = example.certified / example.attack if np.isfinite(example.attack) else 0.0
+            figures = f"{example.certified:.4f} | {example.attack:.4f} | {ratio:.2f}"
+        rows.append(f"| {example.index} | {label} | {predicted} | {figures} |")
+    return rows
+
+
+def _examples_text(card: CardSource, examples: list[RadiusExample]) -> str:
+    if not card.differentiable:
+        return (
+            f"The first {EXAMPLES_PER_CLASS} test images of each class with their certified radius. No "
+            "attack distance: onnxruntime computes no gradients (report the checkpoint or a TorchScript "
+            "/ .pt2 export of the model for them)."
+        )
+    ratios = [e.certified / e.attack for e in examples if e.predicted == e.label and np.isfinite(e.attack)]
+    return (
+        f"The first {EXAMPLES_PER_CLASS} test images of each class. The true robust radius lies between "
+        "the certified radius (from the certificate) and the distance of the closest adversarial example "
+        "a minimal-L2 attack found (decoupled direction and norm, 200 steps, then bisection; images kept "
+        f"in [0, 1]); median certified / attack ratio: **{np.median(ratios) if ratios else 0.0:.2f}**."
+    )
+
+
+def write_model_card(card: CardSource, test_set: TestSet, out_dir: Path) -> Path:
+    """Evaluate ``card``'s model on ``test_set``, attack a few of its images, and write
+    ``out_dir/<name>.md`` with its plots.
+
+    Raises:
+        CertificateContradictedError: the attack found an adversarial example within a certified radius.
+    """
+    certified, x_test, y_test = card.certified, test_set.x, test_set.y
     with torch.no_grad():
         logits = torch.cat([certified.model(x_test[i : i + 512]) for i in range(0, len(x_test), 512)])
-    bound = certified.certificate.lipschitz_bound
-    radius = certified_radius(logits, bound).numpy()
+    radius = certified_radius(logits, certified.certificate.lipschitz_bound).numpy()
     correct = (logits.argmax(1) == y_test).numpy()
-    accuracy_plot, layers_plot = f"{card.name}.certified_accuracy.png", f"{card.name}.layer_bounds.png"
-    _plot_certified_accuracy(radius, correct, out_dir / accuracy_plot)
-    _plot_layer_bounds(certified, card.layers_label, out_dir / layers_plot)
+    marks = reported_eps(card.dataset)
+    examples = radius_examples(certified, x_test, y_test, attack=card.differentiable)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "accuracy": f"{card.name}.certified_accuracy.png",
+        "layers": f"{card.name}.layer_bounds.png",
+        "examples": f"{card.name}.radius_examples.png",
+    }
+    _plot_certified_accuracy(radius, correct, marks, out_dir / plots["accuracy"])
+    _plot_layer_bounds(certified, card.layers_label, out_dir / plots["layers"])
+    _plot_examples(examples, x_test, test_set.class_names, out_dir / plots["examples"])
 
-    rows = "\n".join(
-        f"| {e} | {100 * float((correct & (radius > e)).mean()):.1f} |" for e in (0.0, 0.1, 0.25, 0.5, 1.0)
-    )
+    accuracy_rows = [
+        f"| {eps_name(e)} | {100 * float((correct & (radius > e)).mean()):.1f} |" for e in (0.0, *marks)
+    ]
+    layer_rows = [
+        f"| {layer.name} | {layer.op} | {'x'.join(map(str, layer.input_shape))} | {layer.bound:.6f} |"
+        for layer in certified.certificate.layers
+    ]
     lines = [
         f"# {card.name}",
         "",
         *card.facts,
         "",
+        f"## Certified accuracy ({len(y_test)} test images)",
+        "",
         "| eps (L2) | certified accuracy (%) |",
         "|---|---|",
-        rows,
+        *accuracy_rows,
         "",
-        f"![certified accuracy]({accuracy_plot})",
+        f"![certified accuracy]({plots['accuracy']})",
         "",
-        f"![per-layer bounds]({layers_plot})",
+        "## Per-layer bounds",
+        "",
+        "| layer | op | input shape | bound |",
+        "|---|---|---|---|",
+        *layer_rows,
+        "",
+        f"![per-layer bounds]({plots['layers']})",
+        "",
+        "## Certified radius and attack distance",
+        "",
+        _examples_text(card, examples),
+        "",
+        "| test image | label | predicted | certified radius | attack distance | certified / attack |",
+        "|---|---|---|---|---|---|",
+        *_example_rows(examples, test_set.class_names),
+        "",
+        f"![certified radius and attack distance]({plots['examples']})",
         "",
     ]
     path = out_dir / f"{card.name}.md"
