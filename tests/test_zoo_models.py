@@ -9,12 +9,29 @@ import torch
 
 import zoo
 from export.pipeline import export_model
+from export.triton import verify_triton_repository
 from export.verify import verify_artifact
-from training.data import load_dataset
+from training.data import Dataset, load_dataset
 from training.trainer import evaluate, evaluation_split
 from zoo.registry import load_registry
+from zoo.robustness import reported_eps
 
 SHIPPED = [name for name, entry in load_registry().items() if entry.checkpoint is not None]
+FASHION_MNIST = [name for name in SHIPPED if load_registry()[name].recipe.dataset == "fashion_mnist"]
+FASHION_MNIST_PREPROCESSING = {
+    "dataset": "fashion_mnist",
+    "transform": "pixel / 255",
+    "input_range": [0.0, 1.0],
+}
+
+
+def dataset_or_skip(name: str) -> Dataset:
+    """The dataset ``name``; the test is skipped, with the loader's reason, only when its files are
+    absent (Fashion-MNIST: ``apt-get install -y dataset-fashion-mnist``, which CI runs)."""
+    try:
+        return load_dataset(name)
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -24,11 +41,13 @@ def test_a_shipped_model_reproduces_its_recorded_metrics(name, tmp_path):
     assert certified.certificate.lipschitz_bound == pytest.approx(
         entry.certificate["lipschitz_bound"], rel=1e-6
     )
-    x_test, y_test = evaluation_split(entry, load_dataset(entry.recipe.dataset))
-    measured = evaluate(certified.model, x_test, y_test, certified.certificate.lipschitz_bound)
+    x_test, y_test = evaluation_split(entry, dataset_or_skip(entry.recipe.dataset))
+    eps = reported_eps(entry.recipe.dataset)
+    measured = evaluate(certified.model, x_test, y_test, certified.certificate.lipschitz_bound, eps)
     assert measured["clean_accuracy"] == pytest.approx(entry.metrics["clean_accuracy"], abs=1e-3)
-    for eps, accuracy in measured["certified_accuracy"].items():
-        assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{eps}"], abs=1e-3)
+    assert len(measured["certified_accuracy"]) == len(eps)
+    for key, accuracy in measured["certified_accuracy"].items():
+        assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{key}"], abs=1e-3)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -42,6 +61,22 @@ def test_a_shipped_model_exports_to_onnx_and_reverifies(name, tmp_path):
 
 def test_the_zoo_ships_models():
     assert len(SHIPPED) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit.*deprecated:FutureWarning")
+@pytest.mark.parametrize("name", FASHION_MNIST)
+def test_a_shipped_fashion_mnist_model_exports_to_every_format_and_reverifies(name, tmp_path):
+    certified = zoo.load(name)
+    assert certified.preprocessing == FASHION_MNIST_PREPROCESSING
+    checks = export_model(certified, tmp_path, onnx=True, torchscript=True, pt2=True, triton=True)
+    assert {check.format for check in checks} == {"onnx", "torchscript", "pt2", "triton"}
+    reports = [verify_artifact(check.path) for check in checks if check.format != "triton"]
+    reports += verify_triton_repository(tmp_path / "triton")
+    assert len(reports) == 5  # ONNX, TorchScript, .pt2, and the repository's ONNX and TorchScript copies
+    for report in reports:
+        assert report.ok and report.embedded == certified.certificate, report.problems
+        assert report.lipschitz_bound == pytest.approx(certified.certificate.lipschitz_bound, rel=1e-9)
 
 
 @pytest.mark.slow
@@ -77,6 +112,10 @@ def test_zoo_report_writes_a_model_card_with_plots(tmp_path):
     card = (tmp_path / f"{name}.md").read_text()
     bound = load_registry()[name].certificate["lipschitz_bound"]
     assert f"{bound:.6f}" in card and "| eps (L2) | certified accuracy (%) |" in card
-    for plot in (f"{name}.certified_accuracy.png", f"{name}.layer_bounds.png"):
+    assert "| layer | op | input shape | bound |" in card
+    assert (
+        "| test image | label | predicted | certified radius | attack distance | certified / attack |" in card
+    )
+    for plot in (f"{name}.certified_accuracy.png", f"{name}.layer_bounds.png", f"{name}.radius_examples.png"):
         assert f"]({plot})" in card
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

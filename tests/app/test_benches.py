@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 
+from training.data import find_mnist_dir
 from zoo.app.benches import find_benchmarks, run_benchmark
 
 # name -> (tiny arguments, a fragment of the table it prints)
@@ -15,6 +16,10 @@ SMOKE_RUNS = {
     "continual": ("--epochs 1 --seeds 0 --only naive er", "| ER |"),
     "dense_bounds": ("--rounds 1 --shapes 40x90", "40x90"),
     "export": ("--repeats 1", "lipresnet 3x32x32"),
+    "fashion_mnist": (
+        "--epochs 1 --limit 300 --only deel-torchlip orthogonium lipconv_s.fashion_mnist_spectral",
+        "| lipconv_s.fashion_mnist_spectral |",
+    ),
     "layers": ("--steps 1 --warmup 0", "sll residual"),
     "main_job": ("--epochs 1", "total"),
     "sandbox": ("--model lipmlp_s.digits_hkr --repeats 1", "peak resident memory of a confined verifier"),
@@ -30,6 +35,11 @@ def test_every_benchmark_has_a_smoke_run():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SMOKE_RUNS)
 def test_benchmark_runs_with_tiny_settings(name, capfd):
+    if name == "fashion_mnist":
+        try:
+            find_mnist_dir("fashion_mnist")
+        except FileNotFoundError as error:
+            pytest.skip(str(error))
     arguments, expected = SMOKE_RUNS[name]
     assert run_benchmark(name, shlex.split(arguments)) == 0
     assert expected in capfd.readouterr().out
