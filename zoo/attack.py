@@ -90,7 +90,8 @@ def minimal_l2_adversarial(
     """Search small L2 adversarial examples of ``model`` around ``x`` (upper bounds of the robust radius).
 
     Args:
-        model: maps (N, *shape) to (N, K) logits; used in eval mode, its parameters are not changed.
+        model: maps (N, *shape) to (N, K) logits, called as given: put a module in eval mode first (an
+            exported program's module has no modes); its parameters are not changed.
         x: (N, *shape) inputs in ``box``.
         labels: (N,) the classes the adversarial examples must leave.
         steps: DDN iterations (the step size decays from 1 to 0.01 of the current norm, cosine).
@@ -102,7 +103,6 @@ def minimal_l2_adversarial(
     Returns:
         an :class:`AttackResult`; every finite distance is that of an input the model misclassifies.
     """
-    model.eval()
     x = x.detach()
     with torch.no_grad():
         misclassified = _margin(model(x), labels) < 0
