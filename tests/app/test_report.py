@@ -7,6 +7,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import hostile_files as hostile
 import pytest
 from typer.testing import CliRunner
 
@@ -60,9 +61,24 @@ def test_an_exported_file_gets_a_card_with_the_bound_recomputed_from_the_file(sh
 
 
 def _card_of(source: Path, out: Path) -> str:
-    result = report(source, out)
+    result = report(source, out, *([] if source.suffix in (".onnx", ".safetensors") else ["--trust-program"]))
     assert result.exit_code == 0, result.output
     return (out / f"{source.name}.md").read_text()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+def test_a_program_file_is_reported_only_when_trusted(tmp_path, suffix):
+    """Measuring a TorchScript / .pt2 file runs its program unconfined: this one would create a file."""
+    canary = tmp_path / "created-by-the-program"
+    if suffix == ".pt":
+        path = hostile.scripted(hostile.WritesAFile(str(canary)), tmp_path / "writes.pt")
+    else:
+        path = hostile.pt2_writing_a_file(tmp_path / "writes.pt2", canary)
+    result = report(path, tmp_path / "cards")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {path}: measuring it runs its program in this process")
+    assert "--trust-program" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not canary.exists() and not (tmp_path / "cards").exists()
 
 
 def test_a_checkpoint_without_a_recorded_dataset_needs_the_option(short_run, tmp_path):

@@ -703,6 +703,13 @@ def report(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     progress: Annotated[bool, typer.Option(help="draw an exported file's verification progress")] = True,
+    trust_program: Annotated[
+        bool,
+        typer.Option(
+            help="report a TorchScript / .pt2 file: its program runs in this process, unconfined, to "
+            "measure it (refused otherwise)"
+        ),
+    ] = False,
 ) -> None:
     """Write a model card: certified accuracy against eps, per-layer bounds, and test images with their
     certified radius and the distance of the closest adversarial example an attack finds.
@@ -717,7 +724,7 @@ def report(
     )
 
     with _user_errors(VerificationError), _op_progress(progress, f"verifying {Path(source).name}") as on_op:
-        card = resolve_card_source(source, dataset, on_op)
+        card = resolve_card_source(source, dataset, on_op, trust_program=trust_program)
     with _user_errors(CertificateContradictedError):
         path = write_model_card(card, evaluation_set(card, data_dir), out)
     console.print(f"model card: {path}", highlight=False, soft_wrap=True)

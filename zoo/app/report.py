@@ -93,21 +93,30 @@ class TestSet:
 
 
 def resolve_card_source(
-    source: str, dataset: str | None = None, progress: Progress | None = None
+    source: str, dataset: str | None = None, progress: Progress | None = None, *, trust_program: bool = False
 ) -> CardSource:
     """The :class:`CardSource` of a models.yaml name, a checkpoint path or an exported file.
 
     A checkpoint's dataset is ``dataset`` if given, else the one its certificate's preprocessing
     records. An exported file is verified first (``progress`` is told of each op); its radii use
-    the bound recomputed from the file, and its embedded certificate gives the input space.
+    the bound recomputed from the file, and its embedded certificate gives the input space. The
+    program of a TorchScript or .pt2 file runs in this process, unconfined (aten operators can
+    create files): such a file is refused unless ``trust_program``.
 
     Raises:
-        ValueError: no dataset is known, or an exported file carries no certificate.
+        ValueError: no dataset is known, an exported file carries no certificate, or it holds a
+            program not trusted.
         export.verify.VerificationError: an exported file cannot be verified or does not satisfy its
             certificate.
     """
     path = Path(source)
     if path.suffix in EXPORTED_SUFFIXES and path.is_file():
+        if path.suffix != ".onnx" and not trust_program:
+            raise ValueError(
+                f"{path}: measuring it runs its program in this process, unconfined (a TorchScript or "
+                ".pt2 program can do what aten operators do, create files among them): pass "
+                "--trust-program if you trust it, or report its ONNX form"
+            )
         return _exported(path, dataset, progress)
     if path.is_file():
         certified = load(path)
