@@ -188,14 +188,15 @@ def verify_triton_repository(
         if not config_path.is_file():
             raise VerificationError(f"{model_dir}: a model directory without config.pbtxt")
         versions = _version_directories(model_dir)
-        for path in (config_path, *sorted((model_dir / CUSTOM_CONFIGS).glob("*.pbtxt"))):
-            config = read_model_config(path)
-            filename = _served_file(path, config)
+        paths = [config_path, *sorted((model_dir / CUSTOM_CONFIGS).glob("*.pbtxt"))]
+        configs = {path: read_model_config(path) for path in paths}
+        served = {path: _served_file(path, config) for path, config in configs.items()}
+        labels = {output.label_filename for config in configs.values() for output in config.output}
+        _check_contents(model_dir, versions, served, labels - {""})
+        for path, config in configs.items():
             parameters = {key: value.string_value for key, value in config.parameters.items()}
             for version in versions:
-                model_file = version / filename
-                if not model_file.is_file():
-                    raise VerificationError(f"{model_file}: missing, and {path} serves it")
+                model_file = version / served[path]
                 report = reports.get(model_file) or verify_file(model_file, progress)
                 problems = report.problems + _config_problems(path, parameters, report.embedded)
                 reports[model_file] = dataclasses.replace(report, problems=problems)
@@ -241,6 +242,29 @@ def _version_directories(model_dir: Path) -> list[Path]:
     return versions
 
 
+def _check_contents(model_dir: Path, versions: list[Path], served: dict[Path, str], labels: set[str]) -> None:
+    """Every version folder holds the file each configuration (``served``: config path -> file
+    name) serves, and no file Triton could load beside it. Triton looks for a backend's shared
+    library (``libtriton_<backend>.so``) in the version folder, then the model folder, before its
+    own backend folder: a library there runs as native code. So a model folder may hold only
+    config.pbtxt and the label files its configurations name (besides folders), and a version folder
+    only the model files they serve."""
+    for version in versions:
+        for path, name in served.items():
+            if not (version / name).is_file():
+                raise VerificationError(f"{version / name}: missing, and {path} serves it")
+    served_names = set(served.values())
+    allowed = {model_dir: {"config.pbtxt", *labels}, **{version: served_names for version in versions}}
+    for folder, names in allowed.items():
+        for entry in sorted(folder.iterdir()):
+            if entry.name not in names and not (folder == model_dir and entry.is_dir()):
+                raise VerificationError(
+                    f"{entry}: not a file Triton serves here (it loads a backend library found beside the "
+                    "model, libtriton_<backend>.so, as native code): only config.pbtxt, label files and "
+                    "the served model files are accepted"
+                )
+
+
 def _served_file(path: Path, config) -> str:
     """The file name Triton loads for the model of ``config`` (read from ``path``); an error for a
     backend this cannot verify (a ``python`` model, for one, is code)."""
@@ -250,6 +274,14 @@ def _served_file(path: Path, config) -> str:
         raise VerificationError(f"{path}: {runtime}: not an ONNX or TorchScript model, not verified")
     if config.cc_model_filenames:
         raise VerificationError(f"{path}: cc_model_filenames serve other files per GPU: not verified")
+    if config.runtime:
+        raise VerificationError(
+            f"{path}: runtime {config.runtime!r} names the backend library Triton loads: not verified"
+        )
+    if config.model_repository_agents.agents:
+        raise VerificationError(
+            f"{path}: repository agents change the model files before Triton loads them: not verified"
+        )
     filename = config.default_model_filename or spec.filename
     if Path(filename).suffix != Path(spec.filename).suffix or Path(filename).name != filename:
         raise VerificationError(f"{path}: serves {filename!r}, not a {Path(spec.filename).suffix} file")

@@ -292,6 +292,13 @@ def _triton(edit: Callable[[str], str]) -> Callable[[Path, Path], Path]:
     return make
 
 
+def _triton_with_library(directory: Path, canary: Path) -> Path:
+    """A repository with an ONNX backend library beside the model (Triton would load it first)."""
+    repository = _triton(lambda text: text)(directory, canary)
+    (repository / "m_onnx" / "libtriton_onnxruntime.so").write_bytes(b"\x7fELF")
+    return repository
+
+
 def _lying_config(text: str) -> str:
     start = text.index("parameters")
     sha = text.split('string_value: "')[-1].split('"')[0]
@@ -454,6 +461,11 @@ CASES = {
         "not an ONNX or TorchScript model",
     ),
     "triton config lying in angle brackets": (["verify"], _triton(_lying_config), "says a bound of 0.5"),
+    "triton backend library beside the model": (
+        ["verify"],
+        _triton_with_library,
+        "libtriton_onnxruntime.so: not a file Triton serves here",
+    ),
 }
 ALWAYS = {
     "onnx huge declared input / serve",

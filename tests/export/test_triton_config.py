@@ -91,6 +91,11 @@ def test_a_false_bound_is_caught_in_every_spelling_triton_accepts(repository, tm
         ),
         (lambda c: setattr(c, "default_model_filename", "../x.onnx"), r"serves '\.\./x\.onnx'"),
         (lambda c: c.cc_model_filenames.update({"7.5": "other.onnx"}), "cc_model_filenames"),
+        (
+            lambda c: setattr(c, "runtime", "libtriton_evil.so"),
+            r"runtime 'libtriton_evil\.so' names the backend",
+        ),
+        (lambda c: c.model_repository_agents.agents.add(name="checksum"), "repository agents change"),
     ],
 )
 def test_a_model_triton_would_serve_from_another_file_or_backend_is_refused(
@@ -207,5 +212,34 @@ def test_a_folder_triton_reads_as_another_version_is_refused(repository, tmp_pat
 def test_folders_triton_never_reads_as_versions_are_left_alone(repository, tmp_path, name):
     copy = _copy(repository, tmp_path / "repository")
     (copy / "tiny_onnx" / name).mkdir()  # no model file in it: it must not be looked for
+    (report,) = verify_triton_repository(copy)
+    assert report.ok
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "tiny_onnx/libtriton_onnxruntime.so",  # Triton loads it as the ONNX backend: native code
+        "tiny_onnx/1/libtriton_onnxruntime.so",
+        "tiny_onnx/1/notes.txt",
+        "tiny_onnx/README.md",
+    ],
+)
+def test_a_file_triton_does_not_serve_beside_the_model_is_refused(repository, tmp_path, where):
+    copy = _copy(repository, tmp_path / "repository")
+    (copy / where).write_bytes(b"\x7fELF")
+    with pytest.raises(VerificationError, match=rf"{re.escape(where)}: not a file Triton serves here"):
+        verify_triton_repository(copy)
+
+
+def test_label_files_the_config_names_and_other_folders_are_accepted(repository, tmp_path):
+    copy = _copy(repository, tmp_path / "repository")
+    path = copy / "tiny_onnx" / "config.pbtxt"
+    config = read_model_config(path)
+    config.output[0].label_filename = "labels.txt"
+    path.write_text(text_format.MessageToString(config))
+    (copy / "tiny_onnx" / "labels.txt").write_text("zero\none\ntwo\n")
+    (copy / "tiny_onnx" / "warmup").mkdir()
+    (copy / "tiny_onnx" / "warmup" / "input").write_bytes(bytes(64))
     (report,) = verify_triton_repository(copy)
     assert report.ok
