@@ -267,7 +267,9 @@ def _check_contents(model_dir: Path, versions: list[Path], served: dict[Path, st
 
 def _served_file(path: Path, config) -> str:
     """The file name Triton loads for the model of ``config`` (read from ``path``); an error for a
-    backend this cannot verify (a ``python`` model, for one, is code)."""
+    backend this cannot verify (a ``python`` model, for one, is code), or a configuration that has
+    Triton load other code or files (a runtime library, custom operations, repository agents,
+    per-GPU model files)."""
     spec = next((f for f in _FORMATS.values() if _runs(config, f.platform, f.backend)), None)
     if spec is None:
         runtime = f"platform {config.platform!r}, backend {config.backend!r}"
@@ -281,6 +283,11 @@ def _served_file(path: Path, config) -> str:
     if config.model_repository_agents.agents:
         raise VerificationError(
             f"{path}: repository agents change the model files before Triton loads them: not verified"
+        )
+    if config.model_operations.op_library_filename:
+        libraries = list(config.model_operations.op_library_filename)
+        raise VerificationError(
+            f"{path}: custom operation libraries {libraries} load native code: not verified"
         )
     filename = config.default_model_filename or spec.filename
     if Path(filename).suffix != Path(spec.filename).suffix or Path(filename).name != filename:

@@ -96,6 +96,10 @@ def test_a_false_bound_is_caught_in_every_spelling_triton_accepts(repository, tm
             r"runtime 'libtriton_evil\.so' names the backend",
         ),
         (lambda c: c.model_repository_agents.agents.add(name="checksum"), "repository agents change"),
+        (
+            lambda c: c.model_operations.op_library_filename.append("libops.so"),
+            r"custom operation libraries \['libops\.so'\] load native code",
+        ),
     ],
 )
 def test_a_model_triton_would_serve_from_another_file_or_backend_is_refused(
