@@ -2,7 +2,7 @@
 side by side (same data, epochs, optimiser, batches and thread count); prints clean and certified
 accuracy at each radius and the CPU seconds per epoch. Not a test.
 
-Run: ``zoo bench fashion_mnist [--epochs 10] [--limit N] [--only NAME ...] [--data-dir DIR]``
+Run: ``zoo bench fashion_mnist [--epochs 10] [--limit N] [--only NAME ...] [--data-dir DIR] [--runs DIR]``
 
 Every network trains on the 60,000 training images (pixel / 255) for ``--epochs`` epochs with Adam
 (lr 1e-3, cosine schedule per epoch, batch 256, the same shuffling: ``training.recipe.epoch_order``)
@@ -21,17 +21,21 @@ activations and pools replaced by the zoo's identical modules, checked equal on 
 bounded by ``zoo.certify`` (sound, float64); certified accuracy is the fraction of the 10,000 test
 images classified correctly with ``(top1 - top2) / (sqrt(2) L) > eps``. The zoo's nets are the
 models.yaml recipes of ``ZOO_RECIPES``, trained by ``training.trainer.train`` (what ``zoo train``
-runs) with ``--epochs`` epochs.
+runs) with ``--epochs`` epochs; with ``--runs DIR``, a recipe that ``zoo train NAME --out DIR/NAME
+--threads 1`` already trained in one go for ``--epochs`` epochs (same seed, full data) is read from
+its ``metrics.json`` (the same trainer, so the same figures) instead of being trained again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -193,11 +197,27 @@ def run_recipe(name: str, data: Dataset, epochs: int) -> Result:
     with tempfile.TemporaryDirectory() as out:
         options = RunOptions(epochs=epochs, progress=False, threads=1)
         result = train_recipe(get_entry(name), out, options, data=data, console=Console(quiet=True))
-    metrics = result.metrics
+    return recipe_result(result.metrics, epochs)
+
+
+def recipe_result(metrics: dict, epochs: int) -> Result:
+    """A recipe's figures from the trainer's metrics (``metrics.json``) of a run of ``epochs`` epochs."""
     cpu = metrics["train_cpu_seconds_this_run"] / epochs
-    return Result(
-        result.certificate.lipschitz_bound, metrics["clean_accuracy"], metrics["certified_accuracy"], cpu
-    )
+    return Result(metrics["lipschitz_bound"], metrics["clean_accuracy"], metrics["certified_accuracy"], cpu)
+
+
+def finished_run(runs: Path, name: str, epochs: int) -> dict | None:
+    """The metrics of ``zoo train NAME --out RUNS/NAME`` when that run follows this bench's protocol
+    (``epochs`` epochs, the recipe's seed, one thread, the full training set), else None. The run must
+    have trained in one go: a resumed run's CPU seconds count its last part only."""
+    path = runs / name / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    protocol = {"model": name, "epochs": epochs, "seed": get_entry(name).recipe.seed, "torch_threads": 1}
+    if {key: metrics.get(key) for key in protocol} != protocol:
+        return None
+    return metrics
 
 
 def limited(data: Dataset, limit: int | None) -> Dataset:
@@ -220,6 +240,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="use the first N train and test images")
     parser.add_argument("--only", nargs="+", choices=[*PEERS, *ZOO_RECIPES], default=[*PEERS, *ZOO_RECIPES])
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST idx files (default: Debian's)")
+    parser.add_argument(
+        "--runs", type=Path, default=None, help="read recipes already trained by zoo train --out RUNS/NAME"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # the protocol: one thread for every network
 
@@ -229,6 +252,11 @@ def main() -> None:
     for name in args.only:
         if name in PEERS and not _installed(name):
             console.print(f"{name}: not installed, skipped (pip install deel-torchlip orthogonium)")
+            continue
+        trained = finished_run(args.runs, name, args.epochs) if args.runs and args.limit is None else None
+        if trained is not None:
+            results[name] = recipe_result(trained, args.epochs)
+            console.print(f"{name}: read from {args.runs / name / 'metrics.json'}")
             continue
         started = time.perf_counter()
         results[name] = (run_peer if name in PEERS else run_recipe)(name, data, args.epochs)
