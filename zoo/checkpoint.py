@@ -26,9 +26,11 @@ from zoo.certificate import Certificate, parse_json, parse_shape
 
 __all__ = [
     "METADATA_KEY",
+    "TEMPORARY_NAME",
     "CertifiedCheckpoint",
     "CheckpointError",
     "atomic_write_bytes",
+    "create_temporary",
     "parse_checkpoint",
     "read_checkpoint",
     "remove_orphan_temporaries",
@@ -71,7 +73,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(path)
+    fd, tmp = create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as file:
             if path.exists():
@@ -85,7 +87,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _create_temporary(path: Path) -> tuple[int, Path]:
+def create_temporary(path: Path) -> tuple[int, Path]:
     """A new file beside ``path`` (``.NAME.<random>.tmp``), opened for writing, created with mode
     0o666 so that the kernel applies the umask exactly as for ``open()``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

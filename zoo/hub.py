@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import math
 import os
-import tempfile
 import urllib.request
 import warnings
 from collections.abc import Mapping
@@ -34,7 +33,13 @@ from torch import nn
 
 from zoo.certificate import Certificate
 from zoo.certify import certify
-from zoo.checkpoint import CertifiedCheckpoint, CheckpointError, parse_checkpoint
+from zoo.checkpoint import (
+    TEMPORARY_NAME,
+    CertifiedCheckpoint,
+    CheckpointError,
+    create_temporary,
+    parse_checkpoint,
+)
 from zoo.limits import DEFAULT_MAX_ELEMENTS, SizeLimitError, check_elements
 from zoo.locks import try_lock
 from zoo.models import build
@@ -203,14 +208,14 @@ def _download(url: str, target: Path, name: str, sha256: str, progress: bool) ->
 
 
 def _new_partial(target: Path) -> tuple[int, Path]:
-    """A new partial file beside ``target`` (``.NAME.<random>.partial``), open for writing and locked
-    for as long as it is open."""
+    """A new partial file beside ``target`` (:func:`zoo.checkpoint.create_temporary`: the permissions
+    ``open()`` gives), open for writing and locked for as long as it is open."""
     while True:
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        fd, partial = create_temporary(target)
         # A sweep by another process may lock it first, then remove it: only a file still there is ours.
         try:
-            if try_lock(fd) and os.path.samestat(os.fstat(fd), os.stat(name)):
-                return fd, Path(name)
+            if try_lock(fd) and os.path.samestat(os.fstat(fd), os.stat(partial)):
+                return fd, partial
         except FileNotFoundError:
             pass
         os.close(fd)
@@ -218,7 +223,9 @@ def _new_partial(target: Path) -> tuple[int, Path]:
 
 def _remove_orphan_partials(target: Path) -> None:
     """Remove the partial files of downloads of ``target`` that were killed (no process holds their lock)."""
-    for path in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if not TEMPORARY_NAME.fullmatch(path.name):
+            continue
         with contextlib.suppress(OSError):  # gone already, or held open (Windows): not an orphan to remove
             fd = os.open(path, os.O_RDWR)
             try:

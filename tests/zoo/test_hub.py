@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -153,6 +154,10 @@ def test_a_download_over_http_streams_into_the_cache(
     )
     (cached,) = _cached(tmp_path)
     assert cached.endswith(".safetensors") and not cached.startswith(".")
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")  # the permissions open() gives (a cache shared with a service user)
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    assert stat.S_IMODE((cache / cached).stat().st_mode) == stat.S_IMODE(probe.stat().st_mode)
     server.body = None  # a second load reads the cache, not the server
     assert same_certificate(zoo.load("lipconv_s.digits_hkr").certificate, short_run.certificate)
 
@@ -215,14 +220,14 @@ def test_a_killed_download_is_removed_by_the_next_one_and_a_running_one_is_kept(
     child = subprocess.Popen([sys.executable, "-c", download], cwd=Path(zoo.__file__).parents[1])
     try:
         deadline = time.monotonic() + 120
-        while not any(p.stat().st_size for p in cache.glob("*.partial")) and child.poll() is None:
+        while not any(p.stat().st_size for p in cache.glob(".*.tmp")) and child.poll() is None:
             assert time.monotonic() < deadline, "the download never started"
             time.sleep(0.1)
     finally:
         child.kill()
         child.wait()
-    (killed,) = cache.glob("*.partial")
-    running = cache / f".{target.name}.running.partial"
+    (killed,) = cache.glob(".*.tmp")
+    running = cache / f".{target.name}.0123456789ab.tmp"  # as create_temporary names them
     running.write_bytes(b"half")
     with running.open("rb+") as file:
         assert try_lock(file.fileno())
