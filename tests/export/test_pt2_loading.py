@@ -49,6 +49,34 @@ def test_a_plain_archive_loads(plain_pt2):
     assert load_pt2(plain_pt2, "other")[1] == ""
 
 
+class _WithConstants(nn.Module):
+    """Weights, a batch norm's buffers, a non-persistent buffer and a lifted tensor constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.norm = nn.Linear(4, 3), nn.BatchNorm1d(3)
+        self.register_buffer("scale", torch.tensor([2.0, 3.0, 4.0]), persistent=False)
+        self.offset = torch.ones(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.linear(x)) * self.scale + self.offset
+
+
+def test_every_entry_torch_export_save_writes_for_a_plain_program_is_accepted(tmp_path):
+    """The allow-list's other side: weights, buffers, constants and several extra files load, and the
+    loaded program computes what the module does."""
+    module = _WithConstants().eval()
+    batch = {0: torch.export.Dim("batch")}
+    program = torch.export.export(module, (torch.zeros(2, 4),), dynamic_shapes=(batch,))
+    path = tmp_path / "constants.pt2"
+    torch.export.save(program, path, extra_files={"notes.txt": "n", "zoo.certificate": "certificate text"})
+    names = {name for name, _ in zip_entries(path)}
+    assert {"data/constants/tensor_0", "data/weights/weight_0", "extra/notes.txt"} <= names
+    loaded, text = load_pt2(path, "zoo.certificate")
+    inputs = torch.randn(5, 4)
+    assert text == "certificate text" and torch.equal(loaded.module()(inputs), module(inputs))
+
+
 def test_pickled_sample_inputs_are_never_unpickled(plain_pt2, tmp_path, canary):
     payload = io.BytesIO()
     torch.save(MakesADirectory(canary), payload)
