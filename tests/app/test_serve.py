@@ -505,6 +505,18 @@ def test_serve_refuses_a_file_that_is_not_onnx_in_one_line(tmp_path):
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+def test_serve_refuses_a_program_file_in_one_line(tmp_path, suffix):
+    program = tmp_path / f"model{suffix}"
+    program.write_bytes(b"PK")
+    result = runner.invoke(cli, ["serve", str(program)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (
+        f"error: {program}: zoo serve runs an ONNX file, a checkpoint or a model name, never the program of "
+        "a TorchScript / .pt2 file: serve its ONNX form (`zoo verify` checks this one, confined)"
+    )
+
+
 def test_expect_sha256_pins_the_file_served(artifact, tmp_path):
     digest = hashlib.sha256(artifact.onnx.read_bytes()).hexdigest()
     served = open_model(artifact.onnx, "cpu", tmp_path / "a", expected_sha256=digest.upper())

@@ -11,3 +11,7 @@ one-line error naming it, not an ImportError at ``zoo --help``.
 EXPORTED_SUFFIXES = (".onnx", ".pt", ".pt2")
 """Suffixes of the files ``zoo export`` writes (ONNX, TorchScript, torch.export), which ``zoo verify``
 and ``zoo report`` read and ``zoo certify`` / ``zoo export`` refuse as checkpoints."""
+
+PROGRAM_SUFFIXES = (".pt", ".pt2")
+"""Exported files holding a program that torch runs (TorchScript, torch.export): ``zoo verify`` runs
+it confined, ``zoo report`` only with ``--trust-program``, ``zoo serve`` never."""

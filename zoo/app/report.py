@@ -28,7 +28,7 @@ from torch import nn
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from zoo.app import EXPORTED_SUFFIXES
+from zoo.app import EXPORTED_SUFFIXES, PROGRAM_SUFFIXES
 from zoo.attack import minimal_l2_adversarial
 from zoo.certificate import Certificate
 from zoo.hub import CertifiedModel, load
@@ -111,7 +111,7 @@ def resolve_card_source(
     """
     path = Path(source)
     if path.suffix in EXPORTED_SUFFIXES and path.is_file():
-        if path.suffix != ".onnx" and not trust_program:
+        if path.suffix in PROGRAM_SUFFIXES and not trust_program:
             raise ValueError(
                 f"{path}: measuring it runs its program in this process, unconfined (a TorchScript or "
                 ".pt2 program can do what aten operators do, create files among them): pass "

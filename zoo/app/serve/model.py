@@ -21,6 +21,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from export.runtime import onnx_session
 from export.verify import VerificationError, verify_onnx
 from export.writers import write_onnx
+from zoo.app import PROGRAM_SUFFIXES
 from zoo.certificate import Certificate
 from zoo.hub import check_sha256, load
 from zoo.limits import DEFAULT_MAX_ELEMENTS
@@ -166,6 +167,11 @@ def open_model(
     be served, and ``DeviceUnavailableError`` when ``device`` is 'cuda' and CUDA cannot be used.
     """
     source = os.fspath(source)
+    if Path(source).suffix in PROGRAM_SUFFIXES:
+        raise ArtifactError(
+            f"{source}: zoo serve runs an ONNX file, a checkpoint or a model name, never the program of a "
+            "TorchScript / .pt2 file: serve its ONNX form (`zoo verify` checks this one, confined)"
+        )
     if Path(source).suffix == ".onnx":
         path, name = _private_copy(Path(source), workdir, expected_sha256), Path(source).stem
     else:
