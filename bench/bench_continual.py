@@ -14,11 +14,19 @@ std over the seeds: the class-incremental final average accuracy and forgetting,
 accuracy at L2 radius 0.1 / 0.25 / 0.5, the largest certified Lipschitz bound over the seeds, and
 the CPU seconds of one run (one thread). A second table gives LiDER's effect on its base method,
 paired by seed (same seed, same stream, same initialisation).
+
+With ``--out DIR`` the runs are kept, one directory per strategy and seed, and an interrupted or
+split-up benchmark takes them up again: a finished run is read back (with the CPU seconds it took),
+an unfinished one resumes where it stopped (its CPU seconds then count the resumed part only, marked
+``*``), and the trainer refuses a directory written by another recipe or seed. Two invocations may
+share one ``--out`` with different ``--only`` strategies; a third over all of them prints the whole
+table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -30,7 +38,8 @@ from rich.console import Console
 from rich.table import Table
 
 from training.data import Dataset, load_dataset
-from training.trainer import RunOptions, train
+from training.trainer import STATE_FILE, RunOptions, TrainingStateError, train
+from zoo.checkpoint import atomic_write_bytes
 from zoo.registry import ModelEntry, get_entry
 
 # The entry whose architecture and training recipe every strategy of a dataset uses.
@@ -55,6 +64,7 @@ ABLATIONS = {
     "ar1_hkr_replay": "AR1 certified, HKR (alpha 50, margin 0.2) in the latent-replay phase",
 }
 LIDER_PAIRS = (("er", "er_lider"), ("derpp", "derpp_lider"))
+CPU_FILE = "bench_cpu.json"  # a finished run's CPU seconds, beside its checkpoint and metrics
 
 
 def strategies(base: ModelEntry, dataset: str) -> dict[str, dict[str, Any]]:
@@ -92,17 +102,30 @@ def entry(base: ModelEntry, row: str, strategy: dict[str, Any], epochs: int) -> 
 
 
 def run(run_entry: ModelEntry, seed: int, data: Dataset, out: Path) -> dict[str, float]:
-    """Train one entry with one seed into ``out``; the figures of its final model."""
+    """Train one entry with one seed into ``out``, or take up the run ``out`` holds; the figures of its
+    final model, ``cpu`` (seconds, one thread) and ``resumed`` (1.0 if the run was resumed midway,
+    so that ``cpu`` misses the part before the interruption).
+
+    Raises:
+        TrainingStateError: ``out`` holds a run of another recipe or seed.
+    """
+    cpu_file = out / CPU_FILE
+    unfinished = (out / STATE_FILE).exists() and not cpu_file.exists()
     started = time.process_time()
-    options = RunOptions(seed=seed, progress=False)
+    options = RunOptions(seed=seed, progress=False, resume=True)
     result = train(run_entry, out, options, data=data, console=Console(quiet=True))
+    if cpu_file.exists():
+        cpu = json.loads(cpu_file.read_text())
+    else:
+        cpu = {"cpu": time.process_time() - started, "resumed": float(unfinished)}
+        atomic_write_bytes(cpu_file, json.dumps(cpu).encode())
     class_il = result.metrics["continual"]["class_il"]
     return {
         "accuracy": class_il["final_average_accuracy"],
         "forgetting": class_il["forgetting"],
         **{eps: result.metrics["certified_accuracy"][eps] for eps in EPSILONS},
         "bound": result.certificate.lipschitz_bound,
-        "cpu": time.process_time() - started,
+        **cpu,
     }
 
 
@@ -148,7 +171,12 @@ def main() -> None:
         out = args.out or Path(scratch)
         for name in args.only:
             run_entry = entry(base, name, blocks[name], epochs)
-            results[name] = [run(run_entry, seed, data, out / f"{name}-seed{seed}") for seed in args.seeds]
+            try:
+                results[name] = [
+                    run(run_entry, seed, data, out / f"{name}-seed{seed}") for seed in args.seeds
+                ]
+            except TrainingStateError as error:
+                raise SystemExit(f"error: {error}") from None
             console.print(
                 f"{(LABELS | ABLATIONS)[name]}: done ({time.process_time() - started:.0f} CPU s so far)"
             )
@@ -168,7 +196,8 @@ def main() -> None:
             mean_std([r["forgetting"] for r in runs]),
             *(mean_std([r[eps] for r in runs]) for eps in EPSILONS),
             f"{max(r['bound'] for r in runs):.3f}",
-            f"{statistics.mean(r['cpu'] for r in runs):.0f}",
+            f"{statistics.mean(r['cpu'] for r in runs):.0f}"
+            + ("*" if any(r["resumed"] for r in runs) else ""),
         )
         for name, runs in results.items()
     ]
@@ -176,7 +205,10 @@ def main() -> None:
         f"split {args.dataset}, 5 x 2 classes, {base.architecture.name} "
         f"{base.architecture.options}, {epochs} epochs per experience, seeds "
         f"{', '.join(map(str, args.seeds))} (mean ± std); {time.process_time() - started:.0f} CPU s in all"
+        " (this invocation)"
     )
+    if any(r["resumed"] for runs in results.values() for r in runs):
+        title += "; * runs resumed midway: their CPU seconds count the resumed part only"
     print_table(console, title, columns, rows)
 
     pairs = [(plain, lider) for plain, lider in LIDER_PAIRS if plain in results and lider in results]

@@ -20,6 +20,11 @@ tau-cross-entropy, is the cross-entropy of ``tau * logits`` divided by tau = 10,
 the reference's strength relative to the task loss is ``tllib weight * 48 / 10`` for DELTA and BSS
 and ``tllib weight / 10`` for the others. The entries' DELTA and BSS weights leave out the 48.
 
+With ``--out DIR`` the runs are kept and taken up again by a later invocation with the same options
+(a finished run is read back, an unfinished one resumes; the trainer refuses another recipe's), so
+an interrupted benchmark continues, and two invocations with different ``--methods`` can share one
+``--out`` once the source is trained.
+
 Schedules are short (``--epochs-scarce`` / ``--epochs-full``) so the whole run fits in minutes on a
 CPU; intra-op threads default to 1 (small tensors gain nothing from more, and a shared machine loses).
 """
@@ -36,7 +41,7 @@ import torch
 from rich.console import Console
 
 from training.data import Dataset, load_dataset
-from training.trainer import RunOptions, train
+from training.trainer import RunOptions, TrainingStateError, train
 from zoo.registry import ModelEntry, get_entry
 
 SOURCE = {"digits": "lipconv_xs.digits_source04", "fashion_mnist": "lipconv_t.fashion_mnist_source04"}
@@ -75,7 +80,7 @@ def target_entry(
     else:
         transfer |= {"source": str(source_checkpoint), "source_logit_scale": source_scale}
     base = template if dataset == "digits" else get_entry(SOURCE[dataset])
-    name = template.name.replace("digits", dataset)
+    name = f"{base.name.split('.')[0]}.{dataset}_transfer_{method}"
     recipe = base.recipe.model_copy(update={"transfer": transfer})
     return base.model_copy(update={"name": name, "recipe": recipe})
 
@@ -88,8 +93,8 @@ def run(
     out: Path,
     eps: str,
 ) -> tuple[float, float]:
-    """(clean, certified) test accuracy of one fine-tuning run."""
-    options = RunOptions(epochs=epochs, seed=seed, progress=False)
+    """(clean, certified) test accuracy of one fine-tuning run (taken up if ``out`` holds it)."""
+    options = RunOptions(epochs=epochs, seed=seed, progress=False, resume=True)
     run_dir = out / f"{entry.name}-{entry.recipe.transfer['label_fraction']}-{seed}"
     result = train(entry, run_dir, options, data=data, console=Console(quiet=True))
     return result.metrics["clean_accuracy"], result.metrics["certified_accuracy"][eps]
@@ -99,6 +104,34 @@ def cell(values: list[float]) -> str:
     mean = 100 * statistics.fmean(values)
     spread = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{mean:.1f} ± {spread:.1f}"
+
+
+def measure(
+    args: argparse.Namespace, data: Dataset, out: Path, console: Console
+) -> dict[tuple[str, float], list[tuple[float, float]]]:
+    """Train the source, then every (method, label fraction) with each seed, into ``out``; the
+    (clean, certified) accuracies of each."""
+    source_entry = get_entry(SOURCE[args.dataset])
+    quiet = RunOptions(progress=False, resume=True)
+    source = train(source_entry, out / "source", quiet, data=data, console=Console(quiet=True))
+    scale = source_entry.recipe.loss.params["tau"]
+    console.print(
+        f"source {source_entry.name} (classes 0-4): clean "
+        f"{100 * source.metrics['clean_accuracy']:.1f} %, certified "
+        f"(eps {args.eps}) {100 * source.metrics['certified_accuracy'][args.eps]:.1f} %, "
+        f"bound {source.certificate.lipschitz_bound:.4f}"
+    )
+    results: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    for fraction in args.fractions:
+        epochs = args.epochs_full if fraction == 1.0 else args.epochs_scarce
+        for method in args.methods:
+            entry = target_entry(method, args.dataset, source.checkpoint, scale, fraction, args.weights)
+            runs = [run(entry, seed, epochs, data, out, args.eps) for seed in range(args.seeds)]
+            results[method, fraction] = runs
+            console.print(
+                f"{method:>16} {fraction:>4.0%}: {cell([c for c, _ in runs])} clean", highlight=False
+            )
+    return results
 
 
 def main() -> None:
@@ -117,31 +150,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console()
-    started = time.perf_counter()
+    started = time.process_time()
     data = load_dataset(args.dataset, args.data_dir)
 
-    with tempfile.TemporaryDirectory() as scratch_dir:
-        out = args.out or Path(scratch_dir)
-        source_entry = get_entry(SOURCE[args.dataset])
-        quiet = RunOptions(progress=False)
-        source = train(source_entry, out / "source", quiet, data=data, console=Console(quiet=True))
-        scale = source_entry.recipe.loss.params["tau"]
-        console.print(
-            f"source {source_entry.name} (classes 0-4): clean "
-            f"{100 * source.metrics['clean_accuracy']:.1f} %, certified "
-            f"(eps {args.eps}) {100 * source.metrics['certified_accuracy'][args.eps]:.1f} %, "
-            f"bound {source.certificate.lipschitz_bound:.4f}"
-        )
-        results: dict[tuple[str, float], list[tuple[float, float]]] = {}
-        for fraction in args.fractions:
-            epochs = args.epochs_full if fraction == 1.0 else args.epochs_scarce
-            for method in args.methods:
-                entry = target_entry(method, args.dataset, source.checkpoint, scale, fraction, args.weights)
-                runs = [run(entry, seed, epochs, data, out, args.eps) for seed in range(args.seeds)]
-                results[method, fraction] = runs
-                console.print(
-                    f"{method:>16} {fraction:>4.0%}: {cell([c for c, _ in runs])} clean", highlight=False
-                )
+    try:
+        with tempfile.TemporaryDirectory() as scratch_dir:
+            results = measure(args, data, args.out or Path(scratch_dir), console)
+    except TrainingStateError as error:  # --out holds runs of other options
+        raise SystemExit(f"error: {error}") from None
 
     header = ["method"]
     for fraction in args.fractions:
@@ -159,7 +175,7 @@ def main() -> None:
         f"\nTest accuracy (%) on {args.dataset} classes 5-9 ({args.weights} weights), mean ± std over "
         f"{args.seeds} seeds (the seed also draws the "
         f"labelled subset); {args.epochs_scarce} epochs below 100 % labels, {args.epochs_full} with all; "
-        f"total {time.perf_counter() - started:.0f} s."
+        f"{time.process_time() - started:.0f} CPU s in this invocation."
     )
 
 
