@@ -40,12 +40,12 @@ from rich.table import Table
 from training.data import Dataset, load_dataset
 from training.trainer import STATE_FILE, RunOptions, TrainingStateError, train
 from zoo.checkpoint import atomic_write_bytes
-from zoo.registry import ModelEntry, get_entry
+from zoo.registry import ModelEntry, get_entry, load_registry
 
 # The entry whose architecture and training recipe every strategy of a dataset uses.
 BASE_ENTRY = {"digits": "lipconv_s.digits_ar1", "fashion_mnist": "lipconv_t.fashion_mnist_ar1"}
 BUFFER = {"digits": 200, "fashion_mnist": 500}
-LIDER = {"alpha": 0.1, "beta": 0.1}
+LIDER = {"alpha": 0.1, "beta": 0.1, "learn_budget": True}
 EPSILONS = ("0.1", "0.25", "0.5")
 LABELS = {
     "naive": "Naive",
@@ -93,11 +93,17 @@ def strategies(base: ModelEntry, dataset: str) -> dict[str, dict[str, Any]]:
 
 
 def entry(base: ModelEntry, row: str, strategy: dict[str, Any], epochs: int) -> ModelEntry:
-    """``base`` with the strategy of benchmark row ``row`` and ``epochs``; named after the row unless
-    it is ``base``'s own recipe (whose runs ``zoo ship`` then accepts for ``base``)."""
+    """``base`` with the strategy of benchmark row ``row`` and ``epochs``; named after the models.yaml
+    entry with this network and recipe if there is one (whose runs ``zoo ship`` then accepts for that
+    entry), else after ``base`` and the row."""
     continual = {**base.recipe.continual, "strategy": strategy}
     recipe = base.recipe.model_copy(update={"continual": continual, "epochs": epochs})
-    name = base.name if recipe == base.recipe else f"{base.name}_bench_{row}"
+    registered = (
+        other.name
+        for other in load_registry().values()
+        if other.architecture == base.architecture and other.recipe == recipe
+    )
+    name = next(registered, f"{base.name}_bench_{row}")
     return base.model_copy(update={"name": name, "recipe": recipe})
 
 
