@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -14,6 +15,13 @@ from training.trainer import RunOptions, TrainResult, train
 from zoo.registry import get_entry
 
 DIGITS_MODEL = "lipconv_s.digits_hkr"
+
+
+def pytest_configure(config):
+    """Run by pytest-xdist (``-n 2``), each worker takes one core: one torch thread per worker, or the
+    workers' threads wait for each other on a machine with as many cores as workers."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
