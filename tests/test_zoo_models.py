@@ -61,6 +61,7 @@ def test_a_shipped_model_exports_to_onnx_and_reverifies(name, tmp_path):
 
 def test_the_zoo_ships_models():
     assert len(SHIPPED) >= 1
+    assert len(FASHION_MNIST) >= 3
 
 
 @pytest.mark.slow
