@@ -17,7 +17,13 @@ from zoo.registry import load_registry
 from zoo.robustness import reported_eps
 
 SHIPPED = [name for name, entry in load_registry().items() if entry.checkpoint is not None]
-FASHION_MNIST = [name for name in SHIPPED if load_registry()[name].recipe.dataset == "fashion_mnist"]
+# The Fashion-MNIST classifiers trained on all ten classes at once (not the continual models).
+FASHION_MNIST = [
+    name
+    for name in SHIPPED
+    if load_registry()[name].recipe.dataset == "fashion_mnist"
+    and load_registry()[name].recipe.continual is None
+]
 FASHION_MNIST_PREPROCESSING = {
     "dataset": "fashion_mnist",
     "transform": "pixel / 255",
