@@ -126,3 +126,23 @@ def test_zoo_report_writes_a_model_card_with_plots(tmp_path):
     for plot in (f"{name}.certified_accuracy.png", f"{name}.layer_bounds.png", f"{name}.radius_examples.png"):
         assert f"]({plot})" in card
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_zoo_report_of_a_fashion_mnist_model_tabulates_its_recorded_accuracies(tmp_path):
+    from typer.testing import CliRunner
+
+    from zoo.app.cli import app
+
+    name = FASHION_MNIST[0]
+    dataset_or_skip("fashion_mnist")
+    result = CliRunner().invoke(app, ["report", name, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / f"{name}.md").read_text()
+    metrics = load_registry()[name].metrics
+    rows = {"0.0": "clean_accuracy", "0.1": "certified_accuracy_0.1", "36/255": "certified_accuracy_0.1412"}
+    rows |= {"0.25": "certified_accuracy_0.25", "72/255": "certified_accuracy_0.2824"}
+    rows |= {"0.5": "certified_accuracy_0.5", "1.0": "certified_accuracy_1"}
+    for eps, key in rows.items():
+        assert f"| {eps} | {100 * metrics[key]:.1f} |" in card
+    assert "| Ankle boot | Ankle boot |" in card  # the grid names Fashion-MNIST's classes
