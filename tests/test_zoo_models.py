@@ -56,7 +56,8 @@ def test_a_shipped_model_reproduces_its_recorded_metrics(name, tmp_path):
         assert accuracy == pytest.approx(entry.metrics[f"certified_accuracy_{key}"], abs=1e-3)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+# The Fashion-MNIST classifiers export to ONNX in the every-format test below.
+@pytest.mark.parametrize("name", [name for name in SHIPPED if name not in FASHION_MNIST])
 def test_a_shipped_model_exports_to_onnx_and_reverifies(name, tmp_path):
     certified = zoo.load(name)
     (check,) = export_model(certified, tmp_path, onnx=True, torchscript=False)
