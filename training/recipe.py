@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from zoo.layers import GroupSort, MaxMin
 from zoo.models import build
 from zoo.registry import ModelEntry
 
@@ -31,6 +32,9 @@ def build_model(
         parametrized=parametrized,
         **arch.options,
     )
+    for module in model.modules():
+        if isinstance(module, GroupSort | MaxMin):
+            module.relu_min_max = entry.recipe.minmax_through_relu
     return model.to(device)
 
 

@@ -84,6 +84,9 @@ class Recipe(_Strict):
     seed: int = 0
     lr_schedule: Literal["constant", "cosine"] = "constant"
     augmentation: Literal["none", "crop", "crop_flip"] = "none"
+    # GroupSort2 / MaxMin compute min / max through one ReLU while training: a cheaper backward, the
+    # same values up to one rounding, so a recipe trained one way reproduces bit for bit only that way.
+    minmax_through_relu: bool = False
     # Transfer (fine-tune a source model) and continual-learning recipes: their fields are checked
     # by training.transfer / training.continual when training starts (zoo does not import training).
     transfer: dict[str, Any] | None = None

@@ -18,9 +18,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from training import trainer
+from training.recipe import build_model
 from training.trainer import STATE_FILE, RunOptions, TrainingStateError, train
 from zoo.app.cli import app
 from zoo.device import DeviceUnavailableError
+from zoo.layers import GroupSort, MaxMin
 from zoo.registry import get_entry
 
 DIGITS_MODEL = "lipconv_s.digits_hkr"
@@ -190,3 +192,12 @@ def test_the_recorded_thread_count_is_applied_and_restored(tmp_path, digits, mon
         assert "2 torch thread(s), as the run being resumed" in console.export_text()
     finally:
         torch.set_num_threads(previous)
+
+
+def test_a_recipe_chooses_how_its_activations_compute_min_max():
+    """Bit-for-bit reproduction of a shipped model needs the min / max its recipe was trained with."""
+    for name, expected in [("orthoconv_xs.fashion_mnist", True), ("lipconv_s.digits_ar1", False)]:
+        entry = get_entry(name)
+        assert entry.recipe.minmax_through_relu is expected
+        sorting = [m for m in build_model(entry).modules() if isinstance(m, GroupSort | MaxMin)]
+        assert sorting and all(m.relu_min_max is expected for m in sorting)
