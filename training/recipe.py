@@ -34,7 +34,7 @@ def build_model(
     )
     for module in model.modules():
         if isinstance(module, GroupSort | MaxMin):
-            module.relu_min_max = entry.recipe.minmax_through_relu
+            module.minmax_through_relu = entry.recipe.minmax_through_relu
     return model.to(device)
 
 

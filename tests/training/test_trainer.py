@@ -200,4 +200,4 @@ def test_a_recipe_chooses_how_its_activations_compute_min_max():
         entry = get_entry(name)
         assert entry.recipe.minmax_through_relu is expected
         sorting = [m for m in build_model(entry).modules() if isinstance(m, GroupSort | MaxMin)]
-        assert sorting and all(m.relu_min_max is expected for m in sorting)
+        assert sorting and all(m.minmax_through_relu is expected for m in sorting)

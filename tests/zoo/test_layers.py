@@ -88,7 +88,7 @@ def test_maxmin_and_groupsort2_are_sorting_permutations():
 
 @pytest.mark.parametrize("activation", [GroupSort2, MaxMin])
 def test_training_mode_activations_compute_the_same_permutation(activation):
-    """With relu_min_max, training mode computes min / max through a ReLU (a cheaper backward pass):
+    """With minmax_through_relu, training mode computes min / max through a ReLU (a cheaper backward pass):
     the same values up to one rounding, and the gradient of the same permutation."""
     x = torch.randn(64, 8, 5, 5, requires_grad=True)
     x.data[:, 1] = x.data[:, 0]  # ties get one of the two equal values either way
@@ -96,11 +96,11 @@ def test_training_mode_activations_compute_the_same_permutation(activation):
     eval_out = activation().eval()(x)
     (eval_grad,) = torch.autograd.grad((weights * eval_out).sum(), x)
     through_relu = activation().train()
-    through_relu.relu_min_max = True
+    through_relu.minmax_through_relu = True
     train_out = through_relu(x)
     (train_grad,) = torch.autograd.grad((weights * train_out).sum(), x)
     assert not torch.equal(train_out, eval_out)  # the ReLU path is taken: some pairs round
-    # without relu_min_max (the default), training mode computes exactly what eval mode does
+    # without minmax_through_relu (the default), training mode computes exactly what eval mode does
     assert torch.equal(activation().train()(x), eval_out)
     # b - (b - a) rounds at the scale of the larger of the pair (a unit in the last place), and so do
     # the gradients, sums of the two output gradients

@@ -35,7 +35,7 @@ def _check_channels(x: torch.Tensor, multiple: int, layer: str) -> None:
 def _min_max(a: torch.Tensor, b: torch.Tensor, through_relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(minimum(a, b), maximum(a, b))``.
 
-    With ``through_relu`` (training mode of a layer whose ``relu_min_max`` is set), as
+    With ``through_relu`` (training mode of a layer whose ``minmax_through_relu`` is set), as
     ``b - relu(b - a)`` and ``a + relu(b - a)``: the same values up to one rounding, whose backward pass
     (one ReLU mask) costs about a fifth of that of ``minimum`` / ``maximum`` (measured on the CPU).
     Otherwise, and always in eval mode (in which models are folded and exported), the ``minimum`` /
@@ -56,7 +56,7 @@ class GroupSort(nn.Module):
     Shape: (N, C, *) -> (N, C, *), C divisible by ``group_size``.
     """
 
-    relu_min_max = False
+    minmax_through_relu = False
     """Groups of 2 in training mode: min / max through one ReLU (faster backward, the same values up
     to one rounding); a recipe's ``minmax_through_relu`` sets it (training.recipe.build_model)."""
 
@@ -71,7 +71,7 @@ class GroupSort(nn.Module):
         _check_channels(x, size, type(self).__name__)
         groups = x.unflatten(1, (x.shape[1] // size, size))
         if size == 2:  # min / max export to elementwise ops, cheaper than a sort
-            low, high = _min_max(*groups.unbind(dim=2), self.training and self.relu_min_max)
+            low, high = _min_max(*groups.unbind(dim=2), self.training and self.minmax_through_relu)
             return torch.stack((low, high), dim=2).flatten(1, 2)
         return groups.sort(dim=2).values.flatten(1, 2)
 
@@ -99,12 +99,12 @@ class MaxMin(nn.Module):
     Shape: (N, C, *) -> (N, C, *), C even.
     """
 
-    relu_min_max = False
-    """In training mode: min / max through one ReLU, as :attr:`GroupSort.relu_min_max`."""
+    minmax_through_relu = False
+    """In training mode: min / max through one ReLU, as :attr:`GroupSort.minmax_through_relu`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(x, 2, "MaxMin")
-        low, high = _min_max(*x.chunk(2, dim=1), self.training and self.relu_min_max)
+        low, high = _min_max(*x.chunk(2, dim=1), self.training and self.minmax_through_relu)
         return torch.cat((high, low), dim=1)
 
 
